@@ -1,0 +1,69 @@
+//! The command line: `tollgate serve --target ...` and, as the service issues land, client
+//! subcommands (models, cache, cases, spend, budget, complete, route, tenant, eval, bench).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "tollgate: an LLM gateway that routes each request to the cheapest model that will do"
+)]
+pub struct Cli {
+    /// TOML configuration file; `TOLLGATE_*` environment variables override it.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one service, or all five in one process (the default, with embedded stores).
+    Serve {
+        #[arg(long, value_enum, default_value_t = Target::All)]
+        target: Target,
+    },
+}
+
+/// Which service(s) this process runs. The same image runs one target per pod in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Target {
+    All,
+    Router,
+    TokenCache,
+    Casebank,
+    CostTracker,
+    ProviderAdapter,
+}
+
+impl Target {
+    /// The services, in the order of their default ports.
+    pub const SERVICES: [Target; 5] = [
+        Target::Router,
+        Target::TokenCache,
+        Target::Casebank,
+        Target::CostTracker,
+        Target::ProviderAdapter,
+    ];
+
+    pub fn services(self) -> Vec<Target> {
+        match self {
+            Target::All => Self::SERVICES.to_vec(),
+            one => vec![one],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::All => "all",
+            Target::Router => "router",
+            Target::TokenCache => "token-cache",
+            Target::Casebank => "casebank",
+            Target::CostTracker => "cost-tracker",
+            Target::ProviderAdapter => "provider-adapter",
+        }
+    }
+}
