@@ -62,16 +62,43 @@ where
         .map_err(|error| ConfigError::Invalid(describe(error)))
 }
 
-/// One line per problem, each naming the key and its source.
+/// One line per problem, each naming the key (`server.concurrency_limit`) and where the bad
+/// value came from (the file, or the exact environment variable).
 fn describe(error: figment::Error) -> String {
     error
         .into_iter()
         .map(|e| {
-            let mut line = e.to_string();
-            if !e.path.is_empty() && !line.contains("for key") {
-                line = format!("{line} (key `{}`)", e.path.join("."));
+            let path: Vec<String> = e
+                .path
+                .iter()
+                .map(|part| part.to_ascii_lowercase())
+                .collect();
+            let key = path.join(".");
+            let source = match &e.metadata {
+                Some(metadata) => match &metadata.source {
+                    Some(figment::Source::File(file)) => format!(" (in {})", file.display()),
+                    _ if metadata.name.contains("TOLLGATE_") => {
+                        format!(
+                            " (from environment variable TOLLGATE_{})",
+                            path.join("__").to_ascii_uppercase()
+                        )
+                    }
+                    _ if metadata.name.contains("environment") => {
+                        let var = path
+                            .last()
+                            .map(|last| last.to_ascii_uppercase())
+                            .unwrap_or_default();
+                        format!(" (from environment variable {var})")
+                    }
+                    _ => String::new(),
+                },
+                None => String::new(),
+            };
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("`{key}`: {}{source}", e.kind)
             }
-            line
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -185,6 +212,8 @@ impl Default for PeersConfig {
 }
 
 #[cfg(test)]
+// figment's Jail fixes the closure's error type; its size is not ours to choose.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

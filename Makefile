@@ -1,0 +1,52 @@
+# tollgate: the two commands are `make run` and `make test`; the rest are their parts.
+# Builds are debug builds of the whole workspace (per-crate builds would re-resolve features).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: run build test services tools fmt fmt-check lint test-only bench services-down clean
+
+## make run: build and run the whole gateway on the embedded default (no servers needed).
+run: build
+	./target/debug/tollgate serve $(ARGS)
+
+## make build: debug build of the workspace.
+build:
+	$(CARGO) build --workspace
+
+## make test: services up (Postgres with pgvector, Redis), tools, fmt check, clippy, every test.
+test: services tools fmt-check lint
+	eval "$$(scripts/services.sh env)"; eval "$$(scripts/tools.sh env)"; \
+	$(CARGO) test --workspace --all-targets
+
+## make test-only: the tests alone, for a quick rerun after `make test` set things up.
+test-only:
+	eval "$$(scripts/services.sh env)"; eval "$$(scripts/tools.sh env)"; \
+	$(CARGO) test --workspace --all-targets $(ARGS)
+
+services:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+tools:
+	scripts/tools.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## make bench: the benchmarks recorded in BENCHMARKS.md.
+bench:
+	$(CARGO) bench --workspace
+
+clean:
+	$(CARGO) clean
