@@ -18,12 +18,14 @@ build:
 
 ## make test: services up (Postgres with pgvector, Redis), tools, fmt check, clippy, every test.
 test: services tools fmt-check lint
-	eval "$$(scripts/services.sh env)"; eval "$$(scripts/tools.sh env)"; \
+	services_env=$$(scripts/services.sh env) && tools_env=$$(scripts/tools.sh env) && \
+	eval "$$services_env" && eval "$$tools_env" && \
 	$(CARGO) test --workspace --all-targets
 
 ## make test-only: the tests alone, for a quick rerun after `make test` set things up.
 test-only:
-	eval "$$(scripts/services.sh env)"; eval "$$(scripts/tools.sh env)"; \
+	services_env=$$(scripts/services.sh env) && tools_env=$$(scripts/tools.sh env) && \
+	eval "$$services_env" && eval "$$tools_env" && \
 	$(CARGO) test --workspace --all-targets $(ARGS)
 
 services:
@@ -33,7 +35,7 @@ services-down:
 	scripts/services.sh down
 
 tools:
-	scripts/tools.sh
+	scripts/tools.sh install
 
 fmt:
 	$(CARGO) fmt --all
