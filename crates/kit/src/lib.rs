@@ -5,6 +5,7 @@
 //!   that name the offending key.
 //! - [`telemetry`]: tracing to stderr (human or JSON), OTLP traces when configured, W3C trace
 //!   context across gRPC hops.
+//! - [`money`]: exact USD amounts ([`money::Usd`]) and token costs.
 //! - [`metrics`]: the process-wide Prometheus registry and the `/metrics` + `/healthz` HTTP server.
 //! - [`grpc`]: the server builder every service uses (health, reflection v1 and v1alpha, request
 //!   id, timeouts, limits, go-grpc-prometheus metrics, graceful shutdown) and client channels.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod money;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

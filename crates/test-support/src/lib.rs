@@ -2,7 +2,13 @@
 //! 127.0.0.1:0 in this process, connect real gRPC clients to them, ask health and reflection,
 //! and find the tools (grpcurl) that `make test` installs.
 //!
+//! - [`postgres`]: a fresh database per test on `DATABASE_URL`;
+//! - [`redis`]: `REDIS_URL` and a key prefix per test.
+//!
 //! Used by the system tests in `tests/` and by service crates' own tests; never by production code.
+
+pub mod postgres;
+pub mod redis;
 
 use std::time::Duration;
 
