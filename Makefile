@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run build test services tools fmt fmt-check lint test-only bench services-down clean
+.PHONY: run build test services tools fmt fmt-check lint test-only bench services-down clean deploy-check
 
 ## make run: build and run the whole gateway on the embedded default (no servers needed).
 run: build
@@ -16,8 +16,8 @@ run: build
 build:
 	$(CARGO) build --workspace
 
-## make test: services up (Postgres with pgvector, Redis), tools, fmt check, clippy, every test.
-test: services tools fmt-check lint
+## make test: services up (Postgres with pgvector, Redis), tools, deploy-check, fmt check, clippy, every test.
+test: services tools deploy-check fmt-check lint
 	services_env=$$(scripts/services.sh env) && tools_env=$$(scripts/tools.sh env) && \
 	eval "$$services_env" && eval "$$tools_env" && \
 	$(CARGO) test --workspace --all-targets
@@ -27,6 +27,11 @@ test-only:
 	services_env=$$(scripts/services.sh env) && tools_env=$$(scripts/tools.sh env) && \
 	eval "$$services_env" && eval "$$tools_env" && \
 	$(CARGO) test --workspace --all-targets $(ARGS)
+
+## make deploy-check: render, lint and validate the Helm chart, promtool rule tests, canary gate tests.
+deploy-check: tools
+	tools_env=$$(scripts/tools.sh env) && eval "$$tools_env" && \
+	"$$DEPLOY_PYTHON" scripts/deploy_check.py
 
 services:
 	scripts/services.sh up
