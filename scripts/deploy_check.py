@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -312,6 +313,59 @@ def check_gate_queries() -> None:
     assert proc.returncode == 0, f"the gate's queries:\n{proc.stdout}{proc.stderr}"
 
 
+def anchor(heading: str) -> str:
+    """A Markdown heading's anchor as GitHub and GitLab make it."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def check_alerts_documented_and_tested() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    runbook = (ROOT / "k8s" / "RUNBOOK.md").read_text()
+    anchors = {anchor(line.lstrip("#")) for line in runbook.splitlines() if line.startswith("#")}
+    tests = [yaml.safe_load(p.read_text()) for p in RULE_TESTS.glob("*.test.yaml")]
+    cases = [c for t in tests for group in t["tests"] for c in group.get("alert_rule_test", [])]
+    problems = []
+    for a in alerts:
+        name = a["alert"]
+        if a.get("labels", {}).get("severity") not in ("critical", "warning"):
+            problems.append(f"{name}: severity label must be critical or warning")
+        ann = a.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            if not ann.get(key):
+                problems.append(f"{name}: no {key} annotation")
+        url = ann.get("runbook_url", "")
+        if not url.startswith("https://git.internal/tollgate/k8s/RUNBOOK.md#") or url.split("#")[1] not in anchors:
+            problems.append(f"{name}: runbook_url {url} has no heading in k8s/RUNBOOK.md")
+        mine = [c for c in cases if c["alertname"] == name]
+        if not any(c.get("exp_alerts") for c in mine):
+            problems.append(f"{name}: no promtool case where it fires")
+        if not any(not c.get("exp_alerts") for c in mine):
+            problems.append(f"{name}: no promtool case where it stays silent")
+    assert alerts and not problems, "; ".join(problems)
+
+
+def check_compose() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    for svc in SERVICES:
+        c = compose[svc]
+        assert c["command"] == ["serve", "--target", svc], f"compose {svc}: command {c['command']}"
+        env = c["environment"]
+        assert ("DATABASE_URL" in env) == (svc in ("casebank", "cost-tracker")), f"compose {svc}: DATABASE_URL"
+        assert ("REDIS_URL" in env) == (svc == "token-cache"), f"compose {svc}: REDIS_URL"
+        for peer in SERVICES:
+            assert env[f"TOLLGATE_PEERS__{SECTIONS[peer]}"] == f"http://{peer}:{PORTS[peer][0]}"
+        assert c["read_only"] and c["image"] == compose["router"]["image"]
+    for needed in ("postgres", "redis", "otel-collector", "prometheus"):
+        assert needed in compose, f"compose: no {needed}"
+    assert "pgvector" in compose["postgres"]["image"]
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    assert promtool, "promtool not found"
+    proc = subprocess.run([promtool, "check", "config", "--syntax-only", str(ROOT / "deploy" / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"promtool check config deploy/prometheus.yml:\n{proc.stdout}{proc.stderr}"
+
+
 def check_canary_script() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "k8s" / "tests" / "test_canary.py")],
                           capture_output=True, text=True, timeout=120)
@@ -339,6 +393,9 @@ def main() -> int:
     for name, (values, word) in REJECTED.items():
         checks.run(f"refuses {name}", check_rejected, values, word)
     checks.run("promtool check rules + test rules", check_promtool)
+    checks.run("every alert: severity, annotations, a RUNBOOK.md heading, firing and silent tests",
+               check_alerts_documented_and_tested)
+    checks.run("deploy/compose.yaml and deploy/prometheus.yml", check_compose)
     checks.run("canary gate queries on Prometheus's engine (promtool)", check_gate_queries)
     checks.run("canary gate and rollout (fake Prometheus, fake helm)", check_canary_script)
     print(f"deploy-check: {checks.passed} passed, {len(checks.failed)} failed", flush=True)
