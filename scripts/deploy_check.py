@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import tempfile
 import traceback
 from pathlib import Path
@@ -169,6 +170,36 @@ def env_of(deployment: dict) -> dict[str, object]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+def known_config_keys() -> set[str]:
+    """Every key of deploy/tollgate.example.toml (which lists them all), commented-out ones too."""
+    keys, section = set(), ""
+    for line in (ROOT / "deploy" / "tollgate.example.toml").read_text().splitlines():
+        if m := re.match(r"^\[([a-z_.]+)\]", line):
+            section = m.group(1)
+        elif m := re.match(r"^#?\s*([a-z_]+)\s*=", line):
+            keys.add(f"{section}.{m.group(1)}")
+    return keys
+
+
+def check_config_keys(where: str, toml_text: str | None, env_names: list[str]) -> None:
+    """tollgate stops with exit 64 on an unknown key: every key the deployment sets must exist."""
+    known = known_config_keys()
+    used = []
+    if toml_text is not None:
+        def walk(prefix: str, table: dict) -> None:
+            for k, v in table.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    used.append(f"{prefix}{k}")
+        walk("", tomllib.loads(toml_text))
+    for name in env_names:
+        if name.startswith("TOLLGATE_") and name not in ("TOLLGATE_LOG", "TOLLGATE_CONFIG"):
+            used.append(name[len("TOLLGATE_"):].lower().replace("__", "."))
+    unknown = sorted(set(used) - known)
+    assert not unknown, f"{where}: keys not in deploy/tollgate.example.toml: {unknown}"
+
+
 def check_rendered(name: str, values: dict, docs: list[dict]) -> None:
     merged = helm.Chart.load(str(CHART)).merge_values(values)
     canary_on = merged["canary"]["enabled"]
@@ -211,8 +242,24 @@ def check_rendered(name: str, values: dict, docs: list[dict]) -> None:
         assert svc_obj["spec"]["selector"]["track"] == track, f"Service {dname}: selector track"
         headless = services[f"{dname}-headless"]
         assert headless["spec"]["clusterIP"] == "None", f"{dname}-headless is not headless"
-    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
-        assert len(by_kind(docs, kind)) == 5, f"{kind}: want one per service"
+    config = by_kind(docs, "ConfigMap")[f"{RELEASE}-config"]["data"]["tollgate.toml"]
+    env_names = [n for d in deployments.values() for n in env_of(d)]
+    check_config_keys(name, None if merged["extraConfig"] else config, env_names)
+    assert len(by_kind(docs, "NetworkPolicy")) == 5, "NetworkPolicy: want one per service"
+    pdbs, hpas = by_kind(docs, "PodDisruptionBudget"), by_kind(docs, "HorizontalPodAutoscaler")
+    assert set(pdbs) == set(expected), f"PodDisruptionBudgets {sorted(pdbs)} != {sorted(expected)}"
+    for dname, (svc, track) in expected.items():
+        scaling = merged["services"][{"token-cache": "tokenCache", "cost-tracker": "costTracker",
+                                      "provider-adapter": "providerAdapter"}.get(svc, svc)]["autoscaling"]
+        replicas = deployments[dname]["spec"].get("replicas")
+        if scaling["enabled"]:
+            hpa = hpas[dname]["spec"]
+            assert replicas is None, f"{dname}: replicas set although an HPA scales it"
+            assert hpa["scaleTargetRef"]["name"] == dname
+            want_min = merged["canary"]["replicas"] if track == "canary" else scaling["minReplicas"]
+            assert hpa["minReplicas"] == want_min and hpa["maxReplicas"] >= scaling["maxReplicas"], f"{dname}: HPA {hpa}"
+        else:
+            assert dname not in hpas and replicas is not None, f"{dname}: no HPA, so replicas must be set"
 
     routes = by_kind(docs, "GRPCRoute")
     ingresses = by_kind(docs, "Ingress")
@@ -356,6 +403,10 @@ def check_compose() -> None:
         for peer in SERVICES:
             assert env[f"TOLLGATE_PEERS__{SECTIONS[peer]}"] == f"http://{peer}:{PORTS[peer][0]}"
         assert c["read_only"] and c["image"] == compose["router"]["image"]
+        check_config_keys(f"compose {svc}", None, list(env))
+    dockerfile_env = re.findall(r"(TOLLGATE_[A-Z_]+)=", (ROOT / "deploy" / "Dockerfile").read_text())
+    assert len(dockerfile_env) == 11, dockerfile_env
+    check_config_keys("deploy/Dockerfile", None, dockerfile_env)
     for needed in ("postgres", "redis", "otel-collector", "prometheus"):
         assert needed in compose, f"compose: no {needed}"
     assert "pgvector" in compose["postgres"]["image"]
