@@ -29,6 +29,8 @@
 #   --max-p95-ratio X         allowed canary p95 as a multiple of stable's [1.2]
 #   --max-p95-seconds S       absolute canary p95 limit [none]
 #   --helm-timeout DURATION   helm --timeout per upgrade [10m]
+#   --reset-then-reuse-values use helm's --reset-then-reuse-values instead of --reuse-values: needed
+#                             when the chart of this checkout has new values the release lacks
 #   --dry-run                 print the plan (commands, gate queries and limits); change nothing
 #   --gate-only               evaluate the gate once now and exit (0 pass, 1 fail, 2 no answer)
 # Exit status: 0 promoted (or gate passed), 1 gate or upgrade failed (canary set to 0%),
@@ -52,6 +54,7 @@ MAX_P95_RATIO=1.2
 MAX_P95_SECONDS=
 HELM_TIMEOUT=10m
 NAMESPACE_MATCH=1
+REUSE=--reuse-values
 DRY_RUN=0
 GATE_ONLY=0
 
@@ -83,6 +86,7 @@ while (($#)); do
     --max-p95-seconds) MAX_P95_SECONDS=${2:?}; shift ;;
     --helm-timeout) HELM_TIMEOUT=${2:?}; shift ;;
     --no-namespace-match) NAMESPACE_MATCH=0 ;;
+    --reset-then-reuse-values) REUSE=--reset-then-reuse-values ;;
     --dry-run) DRY_RUN=1 ;;
     --gate-only) GATE_ONLY=1 ;;
     -h | --help) usage ;;
@@ -133,7 +137,7 @@ run() {
 }
 
 upgrade() {
-  run helm upgrade "$RELEASE" "$CHART" "${NS_ARGS[@]}" --reuse-values --wait --timeout "$HELM_TIMEOUT" "$@"
+  run helm upgrade "$RELEASE" "$CHART" "${NS_ARGS[@]}" "$REUSE" --wait --timeout "$HELM_TIMEOUT" "$@"
 }
 
 rollback() {

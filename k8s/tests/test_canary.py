@@ -120,7 +120,7 @@ class CanaryTest(unittest.TestCase):
         out = []
         for call in self.helm_calls():
             if call.startswith("upgrade "):
-                self.assertIn("--reuse-values", call)
+                self.assertRegex(call, r"(^| )--(reuse-values|reset-then-reuse-values)( |$)")
                 self.assertIn("--wait", call)
                 self.assertIn("--namespace prod", call)
                 words = call.split()
@@ -230,6 +230,14 @@ class CanaryTest(unittest.TestCase):
         self.assertTrue(self.helm_calls()[0].startswith("get values tollgate"), self.helm_calls())
         self.assertEqual(self.upgrades(), ["canary.enabled=true canary.weight=25"])
         self.assertIn("not promoting", r.stderr)
+
+    def test_reset_then_reuse_values_replaces_reuse_values(self) -> None:
+        r = self.canary("--tag", "1.3.0", "--steps", "10", "--reset-then-reuse-values")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        upgrades = [c for c in self.helm_calls() if c.startswith("upgrade ")]
+        self.assertEqual(len(upgrades), 1)
+        self.assertIn(" --reset-then-reuse-values ", upgrades[0])
+        self.assertNotIn(" --reuse-values ", upgrades[0])
 
     def test_dry_run_prints_the_plan_and_changes_nothing(self) -> None:
         r = subprocess.run(["bash", str(CANARY), "--dry-run", "--tag", "1.3.0", "--namespace", "prod"],
