@@ -60,8 +60,8 @@ GATE_ONLY=0
 
 log() { printf 'canary: %s\n' "$*" >&2; }
 usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
-  exit 2
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+  exit 0
 }
 die_usage() {
   log "$*"
@@ -115,7 +115,7 @@ fi
 
 NS_ARGS=()
 [[ -n $NAMESPACE ]] && NS_ARGS=(--namespace "$NAMESPACE")
-GATE_ARGS=(--prometheus-url "${PROMETHEUS_URL:-http://prometheus:9090}" --service "$SERVICE" --window "$WINDOW"
+GATE_ARGS=(--prometheus-url "${PROMETHEUS_URL:-<--prometheus-url>}" --service "$SERVICE" --window "$WINDOW"
   --min-requests "$MIN_REQUESTS" --max-error-ratio "$MAX_ERROR_RATIO"
   --max-error-increase "$MAX_ERROR_INCREASE" --max-p95-ratio "$MAX_P95_RATIO")
 [[ -n $MAX_P95_SECONDS ]] && GATE_ARGS+=(--max-p95-seconds "$MAX_P95_SECONDS")
@@ -202,4 +202,8 @@ upgrade --set canary.enabled=false --set canary.weight=0 ||
     log "stable runs $TAG but switching the canary off failed: rerun the last helm upgrade"
     exit 1
   }
-log "done: stable runs $TAG, canary off"
+if ((DRY_RUN)); then
+  log "dry run done: nothing was changed"
+else
+  log "done: stable runs $TAG, canary off"
+fi
