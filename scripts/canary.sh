@@ -100,7 +100,10 @@ read -r -a STEP_LIST <<<"$STEPS"
 ((${#STEP_LIST[@]})) || die_usage "--steps is empty"
 prev=0
 for w in "${STEP_LIST[@]}"; do
-  [[ $w =~ ^[0-9]+$ ]] && ((w >= 1 && w <= 100)) || die_usage "--steps: $w is not a weight from 1 to 100"
+  # No leading zeros: bash arithmetic would read 010 as octal.
+  if ! [[ $w =~ ^[1-9][0-9]*$ ]] || ((w > 100)); then
+    die_usage "--steps: $w is not a weight from 1 to 100"
+  fi
   ((w > prev)) || die_usage "--steps must ascend: $STEPS"
   prev=$w
 done
