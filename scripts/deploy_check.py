@@ -417,6 +417,34 @@ def check_compose() -> None:
     assert proc.returncode == 0, f"promtool check config deploy/prometheus.yml:\n{proc.stdout}{proc.stderr}"
 
 
+def check_dashboards() -> None:
+    """Every dashboard query is PromQL that Prometheus's engine accepts (promtool evaluates each
+    on an empty TSDB: a parse error fails the test) and names only metrics the rules or the
+    services' agreed metric names provide."""
+    exprs = []
+    for path in sorted((ROOT / "deploy" / "dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        for panel in dash["panels"]:
+            for target in panel.get("targets", []):
+                exprs.append((f"{path.name}: {panel['title']}", target["expr"].replace("$namespace", ".*")))
+    assert exprs, "no dashboard queries"
+    test = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [],
+        "promql_expr_test": [{"expr": e, "eval_time": "1m", "exp_samples": []} for _, e in exprs]}]}
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    assert promtool, "promtool not found"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dashboards.test.yaml"
+        path.write_text(yaml.safe_dump(test, sort_keys=False))
+        proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"dashboard queries:\n{proc.stdout}{proc.stderr}"
+    recorded = {r["record"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "record" in r}
+    for where, e in exprs:
+        for name in re.findall(r"\b(tollgate[:_][a-z0-9_:]+|grpc_server_[a-z_]+|up)\b(?=[{\[ )])", e):
+            if ":" in name:
+                assert name in recorded, f"{where}: {name} is not a recording rule"
+
+
 def check_canary_script() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "k8s" / "tests" / "test_canary.py")],
                           capture_output=True, text=True, timeout=120)
@@ -447,6 +475,7 @@ def main() -> int:
     checks.run("every alert: severity, annotations, a RUNBOOK.md heading, firing and silent tests",
                check_alerts_documented_and_tested)
     checks.run("deploy/compose.yaml and deploy/prometheus.yml", check_compose)
+    checks.run("deploy/dashboards: every query is valid PromQL", check_dashboards)
     checks.run("canary gate queries on Prometheus's engine (promtool)", check_gate_queries)
     checks.run("canary gate and rollout (fake Prometheus, fake helm)", check_canary_script)
     print(f"deploy-check: {checks.passed} passed, {len(checks.failed)} failed", flush=True)
