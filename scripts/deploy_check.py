@@ -75,7 +75,7 @@ EVERYTHING = {
                       "routerFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]},
     "env": {"TOLLGATE_LOG": "info,tollgate=debug"},
     "services": {"router": {"autoscaling": {"enabled": False}, "replicas": 3}},
-    "extraConfig": "[telemetry.extra]\n# nothing\n",
+    "extraConfig": "# service sections, e.g. [provider_adapter], go here\n",
     "imagePullSecrets": [{"name": "regcred"}],
 }
 SCENARIOS: dict[str, dict] = {
@@ -244,7 +244,7 @@ def check_rendered(name: str, values: dict, docs: list[dict]) -> None:
         assert headless["spec"]["clusterIP"] == "None", f"{dname}-headless is not headless"
     config = by_kind(docs, "ConfigMap")[f"{RELEASE}-config"]["data"]["tollgate.toml"]
     env_names = [n for d in deployments.values() for n in env_of(d)]
-    check_config_keys(name, None if merged["extraConfig"] else config, env_names)
+    check_config_keys(name, config, env_names)
     assert len(by_kind(docs, "NetworkPolicy")) == 5, "NetworkPolicy: want one per service"
     pdbs, hpas = by_kind(docs, "PodDisruptionBudget"), by_kind(docs, "HorizontalPodAutoscaler")
     assert set(pdbs) == set(expected), f"PodDisruptionBudgets {sorted(pdbs)} != {sorted(expected)}"
