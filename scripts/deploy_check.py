@@ -129,6 +129,8 @@ def render(values: dict) -> list[dict]:
     out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
         for doc in yaml.safe_load_all(text):
             if doc:
                 doc["__template"] = path
