@@ -51,7 +51,11 @@ pub struct BoundService {
 pub struct Gateway {
     pub services: Vec<BoundService>,
     shutdown: Shutdown,
-    tasks: JoinSet<Result<(), ServiceFailure>>,
+    grpc_tasks: JoinSet<Result<(), ServiceFailure>>,
+    /// The metrics HTTP servers outlive the gRPC drain, so that `/healthz` answers 503 (not
+    /// "connection refused") and Prometheus can scrape the last figures while draining.
+    metrics_tasks: JoinSet<Result<(), ServiceFailure>>,
+    metrics_stop: Shutdown,
 }
 
 impl Gateway {
@@ -70,7 +74,13 @@ impl Gateway {
     /// are shut down too), then for tracked background tasks. Returns the first failure.
     pub async fn wait(mut self) -> Result<(), ServiceFailure> {
         let mut first_failure = None;
-        while let Some(joined) = self.tasks.join_next().await {
+        loop {
+            let joined = tokio::select! {
+                Some(joined) = self.grpc_tasks.join_next() => joined,
+                // Before `metrics_stop`, a metrics server only stops on error: a failure too.
+                Some(joined) = self.metrics_tasks.join_next() => joined,
+                else => break,
+            };
             let result = joined
                 .map_err(|e| ServiceFailure {
                     target: "runtime",
@@ -81,6 +91,9 @@ impl Gateway {
                 tracing::error!(%failure, "service failed; shutting down the others");
                 self.shutdown.trigger();
                 first_failure.get_or_insert(failure);
+            }
+            if self.grpc_tasks.is_empty() {
+                self.metrics_stop.trigger();
             }
         }
         if !self.shutdown.wait_for_tasks(BACKGROUND_FLUSH_TIMEOUT).await {
@@ -117,7 +130,9 @@ pub async fn start(
     }
     let peers = peers_for(&config.peers, &services);
 
-    let mut tasks = JoinSet::new();
+    let mut grpc_tasks = JoinSet::new();
+    let mut metrics_tasks = JoinSet::new();
+    let metrics_stop = Shutdown::new();
     for (service, grpc, metrics) in bound {
         let env = ServiceEnv {
             server: config.server.clone(),
@@ -126,10 +141,11 @@ pub async fn start(
             listener: grpc,
             shutdown: shutdown.clone(),
         };
-        tasks.spawn(run_service(service, config.clone(), env));
-        let (handle, readiness, shutdown) = (handle.clone(), readiness.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            tollgate_kit::metrics::serve_http(metrics, handle, readiness, shutdown)
+        grpc_tasks.spawn(run_service(service, config.clone(), env));
+        let (handle, readiness, metrics_stop) =
+            (handle.clone(), readiness.clone(), metrics_stop.clone());
+        metrics_tasks.spawn(async move {
+            tollgate_kit::metrics::serve_http(metrics, handle, readiness, metrics_stop)
                 .await
                 .map_err(|e| ServiceFailure {
                     target: service.name(),
@@ -146,7 +162,9 @@ pub async fn start(
     Ok(Gateway {
         services,
         shutdown,
-        tasks,
+        grpc_tasks,
+        metrics_tasks,
+        metrics_stop,
     })
 }
 

@@ -54,8 +54,14 @@ fn serve_on_ephemeral_ports(grace_period_secs: u64) -> Command {
     command
 }
 
-/// Reads the JSON log until every service reported ready; returns the router's gRPC address.
-async fn wait_until_ready(child: &mut Child) -> TestResult<String> {
+/// The router's addresses, as its "service ready" log line reports them.
+struct RouterAddrs {
+    grpc: String,
+    metrics: String,
+}
+
+/// Reads the JSON log until every service reported ready.
+async fn wait_until_ready(child: &mut Child) -> TestResult<RouterAddrs> {
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let mut ready = 0;
@@ -70,13 +76,39 @@ async fn wait_until_ready(child: &mut Child) -> TestResult<String> {
         if event["message"] == "service ready" {
             ready += 1;
             if event["target_service"] == "router" {
-                router_opt = event["grpc"].as_str().map(str::to_owned);
+                router_opt =
+                    event["grpc"]
+                        .as_str()
+                        .zip(event["metrics"].as_str())
+                        .map(|(grpc, metrics)| RouterAddrs {
+                            grpc: grpc.to_owned(),
+                            metrics: metrics.to_owned(),
+                        });
             }
         }
     }
     // Keep draining stderr so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     router_opt.ok_or_else(|| "router never reported its address".into())
+}
+
+/// The status of `GET /healthz`, over a plain HTTP/1.1 connection.
+async fn healthz_status(addr: &str) -> TestResult<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or("no status line")?)
 }
 
 async fn send_sigterm(child: &Child) -> TestResult {
@@ -97,7 +129,7 @@ async fn sigterm_turns_health_not_serving_and_exits_zero_within_the_grace_period
 
     // A long-lived stream that is still open at shutdown: it must see NOT_SERVING, and must not
     // keep the process alive past the grace period.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{router}"))?
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", router.grpc))?
         .connect()
         .await?;
     let mut watch = HealthClient::new(channel)
@@ -119,6 +151,8 @@ async fn sigterm_turns_health_not_serving_and_exits_zero_within_the_grace_period
         }
     }
     assert!(saw_not_serving, "health never turned NOT_SERVING");
+    // While the open stream holds the drain, /healthz answers 503 rather than refusing connections.
+    assert_eq!(healthz_status(&router.metrics).await?, 503);
 
     let status = tokio::time::timeout(grace + Duration::from_secs(5), child.wait()).await??;
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
