@@ -7,6 +7,7 @@
 //! Status: the contract (`tollgate.v1.Router`) is served with health and reflection, and every RPC
 //! answers UNIMPLEMENTED until the router issue implements it (see [`grpc`]).
 
+pub mod classify;
 pub mod config;
 pub mod error;
 pub mod grpc;
