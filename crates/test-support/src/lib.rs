@@ -35,6 +35,8 @@ pub struct TestGateway {
     pub services: Vec<BoundService>,
     shutdown: Shutdown,
     gateway_opt: Option<Gateway>,
+    /// The temporary data directory this gateway made, removed by [`TestGateway::stop`].
+    data_dir_opt: Option<std::path::PathBuf>,
 }
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -45,8 +47,16 @@ impl TestGateway {
         Self::start_with(Config::default(), target).await
     }
 
-    /// Starts `target` with `config`, its listeners moved to ephemeral ports.
-    pub async fn start_with(config: Config, target: Target) -> TestResult<Self> {
+    /// Starts `target` with `config`, its listeners moved to ephemeral ports and, when it
+    /// uses the default `./data`, its embedded stores moved to a fresh temporary directory
+    /// (tests must never write into the source tree or share files).
+    pub async fn start_with(mut config: Config, target: Target) -> TestResult<Self> {
+        let mut data_dir_opt = None;
+        if config.storage.data_dir == tollgate_kit::config::StorageConfig::default().data_dir {
+            let dir = temp_dir("gateway")?;
+            config.storage.data_dir = dir.clone();
+            data_dir_opt = Some(dir);
+        }
         let shutdown = Shutdown::new();
         let gateway =
             tollgate::serve::start(config.with_ephemeral_ports(), target, shutdown.clone()).await?;
@@ -54,6 +64,7 @@ impl TestGateway {
             services: gateway.services.clone(),
             shutdown,
             gateway_opt: Some(gateway),
+            data_dir_opt,
         })
     }
 
@@ -80,6 +91,9 @@ impl TestGateway {
         if let Some(gateway) = self.gateway_opt.take() {
             tokio::time::timeout(Duration::from_secs(30), gateway.wait()).await??;
         }
+        if let Some(dir) = self.data_dir_opt.take() {
+            std::fs::remove_dir_all(dir)?;
+        }
         Ok(())
     }
 }
@@ -88,6 +102,19 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
+}
+
+/// A new empty directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(label: &str) -> TestResult<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-test-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// The health status of `service` ("" for the server as a whole).
