@@ -11,6 +11,7 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod quality;
 
 pub use config::RouterConfig;
 pub use error::RouterStartError;
