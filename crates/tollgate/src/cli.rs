@@ -26,6 +26,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Target::All)]
         target: Target,
     },
+    /// Spend report from the cost-tracker: `tollgate spend --by model`.
+    Spend(crate::commands::spend::SpendArgs),
+    /// Budgets of the cost-tracker: `tollgate budget set|show|delete`.
+    Budget(crate::commands::budget::BudgetArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { target } => serve(config, target),
+        Command::Spend(args) => tollgate::commands::spend::run(args),
+        Command::Budget(args) => tollgate::commands::budget::run(args),
     }
 }
 
