@@ -142,13 +142,13 @@ fn score(f: &Features) -> f64 {
     (f.chars.max(1) as f64).ln()
         + 0.5 * ln1p(f.relational_cues)
         + if f.negation { 0.5 } else { 0.0 }
-        + if f.code { 0.5 } else { 0.0 }
-        + 0.25 * ln1p(f.math_symbols)
-        + 0.25 * ln1p(f.multi_step_cues)
-        + 0.25 * ln1p(f.reasoning_cues)
-        + 0.25 * ln1p(f.constraint_cues)
-        + 0.25 * ln1p(f.questions.saturating_sub(1))
-        + 0.25 * ln1p(f.conversation_depth / 2)
+        + if f.code { 0.25 } else { 0.0 }
+        + 0.1 * ln1p(f.math_symbols)
+        + 0.1 * ln1p(f.multi_step_cues)
+        + 0.1 * ln1p(f.reasoning_cues)
+        + 0.1 * ln1p(f.constraint_cues)
+        + 0.1 * ln1p(f.questions.saturating_sub(1))
+        + 0.1 * ln1p(f.conversation_depth / 2)
 }
 
 fn level_of(score: f64) -> (Level, f64) {

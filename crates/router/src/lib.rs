@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod quality;
+pub mod scoring;
 
 pub use config::RouterConfig;
 pub use error::RouterStartError;

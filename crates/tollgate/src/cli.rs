@@ -30,6 +30,8 @@ pub enum Command {
     Spend(crate::commands::spend::SpendArgs),
     /// Budgets of the cost-tracker: `tollgate budget set|show|delete`.
     Budget(crate::commands::budget::BudgetArgs),
+    /// Offline evaluations: `tollgate eval routing --data FILE.jsonl`.
+    Eval(crate::commands::eval::EvalArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

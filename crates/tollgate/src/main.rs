@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Serve { target } => serve(config, target),
         Command::Spend(args) => tollgate::commands::spend::run(args),
         Command::Budget(args) => tollgate::commands::budget::run(args),
+        Command::Eval(args) => tollgate::commands::eval::run(args),
     }
 }
 

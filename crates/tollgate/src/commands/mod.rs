@@ -1,6 +1,8 @@
-//! Client subcommands: each talks gRPC to a running service at `--addr`.
+//! Subcommands besides `serve`: client commands talk gRPC to a running service at `--addr`;
+//! `eval` runs in process and needs no server.
 
 pub mod budget;
+pub mod eval;
 pub mod spend;
 
 /// Runs a client command on a small runtime of its own; errors go to stderr with exit code 1.
