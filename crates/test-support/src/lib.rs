@@ -41,8 +41,11 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>
 
 impl TestGateway {
     /// Starts `target` with the default (embedded) configuration on ephemeral ports.
+    /// Embedded stores (SQLite) go to a fresh temporary directory, never into the source tree.
     pub async fn start(target: Target) -> TestResult<Self> {
-        Self::start_with(Config::default(), target).await
+        let mut config = Config::default();
+        config.storage.data_dir = temp_data_dir();
+        Self::start_with(config, target).await
     }
 
     /// Starts `target` with `config`, its listeners moved to ephemeral ports.
@@ -88,6 +91,16 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
+}
+
+/// A directory of its own under the system's temporary directory, for one test's data files.
+pub fn temp_data_dir() -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "tollgate-test-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }
 
 /// The health status of `service` ("" for the server as a whole).

@@ -26,6 +26,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Target::All)]
         target: Target,
     },
+    /// The case bank: add a case, search similar ones, stats.
+    Cases(crate::commands::cases::CasesArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

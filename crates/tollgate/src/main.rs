@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { target } => serve(config, target),
+        Command::Cases(args) => tollgate::commands::cases::run(args),
     }
 }
 

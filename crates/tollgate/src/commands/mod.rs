@@ -1,0 +1,3 @@
+//! Client subcommands: each module talks gRPC to a running service.
+
+pub mod cases;
