@@ -32,6 +32,8 @@ pub enum Command {
     Budget(crate::commands::budget::BudgetArgs),
     /// Offline evaluations: `tollgate eval routing --data FILE.jsonl`.
     Eval(crate::commands::eval::EvalArgs),
+    /// The case bank: add a case, search similar ones, stats.
+    Cases(crate::commands::cases::CasesArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

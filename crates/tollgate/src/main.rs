@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Spend(args) => tollgate::commands::spend::run(args),
         Command::Budget(args) => tollgate::commands::budget::run(args),
         Command::Eval(args) => tollgate::commands::eval::run(args),
+        Command::Cases(args) => tollgate::commands::cases::run(args),
     }
 }
 

@@ -2,6 +2,7 @@
 //! `eval` runs in process and needs no server.
 
 pub mod budget;
+pub mod cases;
 pub mod eval;
 pub mod spend;
 
