@@ -191,6 +191,56 @@ pub(crate) fn rollup_deltas<'a>(
     Ok(deltas)
 }
 
+/// The same deltas summed per UTC day, for the daily rollups; sorted by key.
+pub(crate) fn daily_deltas(
+    hourly: &std::collections::BTreeMap<RollupKey, RollupDelta>,
+) -> StoreResult<std::collections::BTreeMap<RollupKey, RollupDelta>> {
+    let mut daily: std::collections::BTreeMap<RollupKey, RollupDelta> = Default::default();
+    for ((hour, tenant, provider, model, agent, tier), delta) in hourly {
+        let day = crate::model::BudgetPeriod::Day.start_of(*hour);
+        let key = (
+            day,
+            tenant.clone(),
+            provider.clone(),
+            model.clone(),
+            agent.clone(),
+            *tier,
+        );
+        let sum = daily.entry(key).or_default();
+        sum.cost_usd = sum
+            .cost_usd
+            .checked_add(delta.cost_usd)
+            .ok_or_else(|| StoreError::OutOfRange("cost sum overflows".into()))?;
+        sum.requests += delta.requests;
+        sum.input_tokens = sum.input_tokens.saturating_add(delta.input_tokens);
+        sum.output_tokens = sum.output_tokens.saturating_add(delta.output_tokens);
+        sum.cached_input_tokens = sum
+            .cached_input_tokens
+            .saturating_add(delta.cached_input_tokens);
+        sum.estimated_requests += delta.estimated_requests;
+    }
+    Ok(daily)
+}
+
+/// The whole UTC days inside `range`, [first, end): spend for them is read from the daily
+/// rollups, the hours before and after from the hourly ones. An empty span (`end`, `end`) when
+/// the range holds no whole day.
+pub(crate) fn whole_days(range: &crate::model::TimeRange) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = crate::model::BudgetPeriod::Day;
+    let floor_start = day.start_of(range.start);
+    let first = if floor_start == range.start {
+        floor_start
+    } else {
+        floor_start + chrono::Duration::days(1)
+    };
+    let last = day.start_of(range.end);
+    if first < last {
+        (first, last)
+    } else {
+        (range.end, range.end)
+    }
+}
+
 /// Maps sqlx errors: connection trouble is UNAVAILABLE (retry later), the rest internal.
 pub(crate) fn from_sqlx(error: sqlx::Error) -> StoreError {
     match &error {

@@ -212,6 +212,32 @@ async fn rollups_equal_raw_sums_exactly<S: UsageStore + Clone>(store: &S) -> Tes
             sum.checked_add(e.cost_usd).unwrap_or_default()
         });
     assert_eq!(total(&filtered), expected);
+    // Partial days at both edges (hourly rollups) around whole days (daily rollups), and a
+    // range inside one day.
+    for (start, end) in [
+        (at(2026, 3, 4, 13, 0), at(2026, 3, 7, 2, 0)),
+        (at(2026, 3, 5, 3, 0), at(2026, 3, 5, 17, 0)),
+    ] {
+        let rows = store
+            .spend(&SpendQuery {
+                filter: SpendFilter::default(),
+                group_by: GroupBy::Day,
+                range: TimeRange { start, end },
+            })
+            .await?;
+        let inside: Vec<&UsageEntry> = entries
+            .iter()
+            .filter(|e| e.timestamp >= start && e.timestamp < end)
+            .collect();
+        let expected = inside
+            .iter()
+            .fold(Usd::ZERO, |sum, e| sum.checked_add(e.cost_usd).unwrap_or_default());
+        assert_eq!(total(&rows), expected, "{start}..{end}");
+        assert_eq!(
+            rows.iter().map(|r| r.requests).sum::<i64>(),
+            inside.len() as i64
+        );
+    }
     Ok(())
 }
 
