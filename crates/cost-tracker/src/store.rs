@@ -77,6 +77,17 @@ pub trait UsageStore: Send + Sync + 'static {
         rows_tx: mpsc::Sender<UsageEntry>,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
+    /// Backends that render CSV themselves (Postgres `COPY ... TO STDOUT`, formatted in the
+    /// server) stream it here in chunks of about `chunk_rows` rows, header first, byte for byte
+    /// what [`crate::service::csv_bytes`] makes of [`UsageStore::export`]'s rows. False when the
+    /// backend has no such path (nothing was sent): use `export` instead.
+    fn export_csv(
+        &self,
+        query: &ExportQuery,
+        chunk_rows: usize,
+        chunks_tx: mpsc::Sender<StoreResult<(Vec<u8>, u32)>>,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
     /// Creates or replaces the budget of this scope and period.
     fn set_budget(
         &self,

@@ -229,9 +229,9 @@ async fn rollups_equal_raw_sums_exactly<S: UsageStore + Clone>(store: &S) -> Tes
             .iter()
             .filter(|e| e.timestamp >= start && e.timestamp < end)
             .collect();
-        let expected = inside
-            .iter()
-            .fold(Usd::ZERO, |sum, e| sum.checked_add(e.cost_usd).unwrap_or_default());
+        let expected = inside.iter().fold(Usd::ZERO, |sum, e| {
+            sum.checked_add(e.cost_usd).unwrap_or_default()
+        });
         assert_eq!(total(&rows), expected, "{start}..{end}");
         assert_eq!(
             rows.iter().map(|r| r.requests).sum::<i64>(),
@@ -263,6 +263,63 @@ async fn exports_return_every_field_in_time_order<S: UsageStore + Clone>(store: 
             .iter()
             .all(|e| e.timestamp.format("%d").to_string() == "05")
     );
+    Ok(())
+}
+
+async fn csv_exports_match_the_generic_writer_byte_for_byte<S: UsageStore + Clone>(
+    store: &S,
+) -> TestResult {
+    let mut entries: Vec<UsageEntry> = (0..250).map(|n| entry(&format!("c{n}"), 1, n)).collect();
+    entries[0].routing_reason = String::new();
+    entries[1].user = "multi\nline \\ 'quoted'".into();
+    entries[2].cost_usd = Usd::ZERO;
+    store.record_batch(&entries).await?;
+    let exported = export_all(store, march()).await?;
+    let expected = tollgate_cost_tracker::service::csv_bytes(&exported);
+    let (chunks_tx, mut chunks_rx) = mpsc::channel(4);
+    let export_query = ExportQuery {
+        filter: SpendFilter::default(),
+        range: march(),
+    };
+    let (used, collected) =
+        tokio::join!(store.export_csv(&export_query, 40, chunks_tx), async move {
+            let (mut bytes, mut rows) = (Vec::new(), 0u32);
+            while let Some(chunk) = chunks_rx.recv().await {
+                let (chunk, count) = chunk?;
+                bytes.extend_from_slice(&chunk);
+                rows += count;
+            }
+            Ok::<_, tollgate_cost_tracker::store::StoreError>((bytes, rows))
+        });
+    let (bytes, rows) = collected?;
+    if used? {
+        assert_eq!(rows, 250);
+        assert_eq!(String::from_utf8(bytes)?, String::from_utf8(expected)?);
+    } else {
+        assert!(
+            bytes.is_empty(),
+            "a backend without its own CSV path sends nothing"
+        );
+    }
+    // Filters with a quote and a backslash in them are values, never SQL.
+    let hostile = ExportQuery {
+        filter: SpendFilter {
+            tenant: "x' OR '1'='1 \\".into(),
+            ..Default::default()
+        },
+        range: march(),
+    };
+    let (chunks_tx, mut chunks_rx) = mpsc::channel(4);
+    let (used, total) = tokio::join!(store.export_csv(&hostile, 40, chunks_tx), async move {
+        let mut rows = 0;
+        while let Some(Ok((_, count))) = chunks_rx.recv().await {
+            rows += count;
+        }
+        rows
+    });
+    if used? {
+        assert_eq!(total, 0);
+    }
     Ok(())
 }
 
@@ -479,6 +536,7 @@ suite!(
     concurrent_duplicates_and_overlapping_writers_count_once,
     rollups_equal_raw_sums_exactly,
     exports_return_every_field_in_time_order,
+    csv_exports_match_the_generic_writer_byte_for_byte,
     budgets_reserve_settle_and_expire,
     parallel_reservations_never_cross_the_hard_limit,
 );

@@ -21,8 +21,8 @@ use tokio_stream::StreamExt;
 use tollgate_kit::money::Usd;
 
 use super::{
-    Backend, RollupDelta, RollupKey, StoreError, StoreResult, UsageStore, daily_deltas,
-    from_sqlx, outcomes_for, rollup_deltas, sorted_unique, usd_from_db, whole_days,
+    Backend, RollupDelta, RollupKey, StoreError, StoreResult, UsageStore, daily_deltas, from_sqlx,
+    outcomes_for, rollup_deltas, sorted_unique, usd_from_db, whole_days,
 };
 use crate::model::{
     Budget, BudgetPeriod, BudgetScope, BudgetStatus, ExportQuery, GroupBy, RecordOutcome,
@@ -401,6 +401,76 @@ impl UsageStore for PgUsageStore {
         Ok(sent)
     }
 
+    async fn export_csv(
+        &self,
+        query: &ExportQuery,
+        chunk_rows: usize,
+        chunks_tx: mpsc::Sender<StoreResult<(Vec<u8>, u32)>>,
+    ) -> StoreResult<bool> {
+        use sqlx::postgres::PgPoolCopyExt;
+        // COPY takes no bind parameters: every value below is a number, a timestamp we format,
+        // or a caller string escaped by `literal`.
+        let f = &query.filter;
+        let statement = format!(
+            "COPY (SELECT {CSV_COLUMNS} FROM usage_ledger
+                   WHERE ts >= {start} AND ts < {end}
+                     AND ({tenant} = '' OR tenant = {tenant})
+                     AND ({provider} = '' OR provider = {provider})
+                     AND ({model} = '' OR model = {model})
+                     AND ({agent} = '' OR agent = {agent})
+                     AND ({tier} = 0 OR tier = {tier})
+                   ORDER BY ts, request_id COLLATE \"C\", attempt)
+             TO STDOUT WITH (FORMAT csv, HEADER true)",
+            start = timestamp_literal(query.range.start),
+            end = timestamp_literal(query.range.end),
+            tenant = literal(&f.tenant),
+            provider = literal(&f.provider),
+            model = literal(&f.model),
+            agent = literal(&f.agent),
+            tier = f.tier,
+        );
+        let mut stream = self
+            .pool
+            .copy_out_raw(&statement)
+            .await
+            .map_err(from_sqlx)?;
+        let chunk_rows = chunk_rows.max(1);
+        let mut chunk: Vec<u8> = Vec::with_capacity(256 * chunk_rows);
+        let mut rows_in_chunk = 0usize;
+        let mut counter = CsvRowCounter::default();
+        let mut header_done = false;
+        while let Some(data) = stream.next().await {
+            let data = match data {
+                Ok(data) => data,
+                Err(error) => {
+                    let _ = chunks_tx.send(Err(from_sqlx(error))).await;
+                    return Ok(true);
+                }
+            };
+            let rows = counter.count(&data);
+            chunk.extend_from_slice(&data);
+            if header_done {
+                rows_in_chunk += rows;
+            } else if rows > 0 {
+                header_done = true;
+                rows_in_chunk += rows - 1;
+            }
+            if rows_in_chunk >= chunk_rows {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(256 * chunk_rows));
+                let count = u32::try_from(rows_in_chunk).unwrap_or(u32::MAX);
+                rows_in_chunk = 0;
+                if chunks_tx.send(Ok((full, count))).await.is_err() {
+                    return Ok(true);
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let count = u32::try_from(rows_in_chunk).unwrap_or(u32::MAX);
+            let _ = chunks_tx.send(Ok((chunk, count))).await;
+        }
+        Ok(true)
+    }
+
     async fn set_budget(&self, budget: &Budget, now: DateTime<Utc>) -> StoreResult<BudgetStatus> {
         sqlx::query(
             "INSERT INTO budgets (tenant, provider, model, period, soft_limit_usd, hard_limit_usd)
@@ -637,6 +707,56 @@ impl UsageStore for PgUsageStore {
             .statuses(now, None, Some((&tenant, &provider, &model)))
             .await?;
         Ok(Some(budgets))
+    }
+}
+
+/// The export columns rendered by Postgres exactly as the generic CSV writer renders them:
+/// RFC 3339 UTC times with microseconds, tier and status names, normalized decimals, and empty
+/// strings as NULL (written unquoted and empty, like the generic writer does).
+const CSV_COLUMNS: &str = "NULLIF(request_id, '') AS request_id, attempt,
+    to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS \"timestamp\",
+    NULLIF(tenant, '') AS tenant, NULLIF(user_id, '') AS \"user\", NULLIF(agent, '') AS agent,
+    NULLIF(provider, '') AS provider, NULLIF(model, '') AS model,
+    CASE tier WHEN 1 THEN 'local' WHEN 2 THEN 'cheap' WHEN 3 THEN 'standard'
+        WHEN 4 THEN 'premium' ELSE 'unspecified' END AS tier,
+    input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens,
+    CASE WHEN estimated THEN 'true' ELSE 'false' END AS estimated,
+    trim_scale(cost_usd)::text AS cost_usd, latency_micros, token_cache_hit_tokens,
+    NULLIF(routing_reason, '') AS routing_reason, NULLIF(query_sha256, '') AS query_sha256,
+    CASE status WHEN 1 THEN 'succeeded' WHEN 2 THEN 'retryable_error' WHEN 3 THEN 'fatal_error'
+        WHEN 4 THEN 'interrupted' WHEN 5 THEN 'skipped_circuit_open' ELSE 'unspecified' END
+        AS status";
+
+/// A string constant that is safe whatever `standard_conforming_strings` says: the escape
+/// form, with quotes and backslashes doubled (NUL cannot occur in Postgres text).
+fn literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn timestamp_literal(at: DateTime<Utc>) -> String {
+    format!(
+        "'{}'::timestamptz",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    )
+}
+
+/// Counts CSV records (line ends outside quotes) across the pieces of a stream.
+#[derive(Debug, Default)]
+struct CsvRowCounter {
+    in_quotes: bool,
+}
+
+impl CsvRowCounter {
+    fn count(&mut self, data: &[u8]) -> usize {
+        let mut rows = 0;
+        for byte in data {
+            match byte {
+                b'"' => self.in_quotes = !self.in_quotes,
+                b'\n' if !self.in_quotes => rows += 1,
+                _ => {}
+            }
+        }
+        rows
     }
 }
 

@@ -391,6 +391,16 @@ impl UsageStore for SqliteUsageStore {
         Ok(sent)
     }
 
+    async fn export_csv(
+        &self,
+        _query: &ExportQuery,
+        _chunk_rows: usize,
+        _chunks_tx: mpsc::Sender<StoreResult<(Vec<u8>, u32)>>,
+    ) -> StoreResult<bool> {
+        // SQLite has no server to format in; the generic path is as fast here.
+        Ok(false)
+    }
+
     async fn set_budget(&self, budget: &Budget, now: DateTime<Utc>) -> StoreResult<BudgetStatus> {
         let soft = budget
             .soft_limit_usd
