@@ -121,7 +121,7 @@ async fn load_ledger(store: &PgUsageStore, rows: usize) -> TestResult {
                  cache_write_input_tokens, estimated, cost_usd, latency_micros,
                  token_cache_hit_tokens, routing_reason, query_sha256, status)
              SELECT 'bench-' || g, 1,
-                 $1::timestamptz + make_interval(secs => (g::float8 * $4 / $3)::int8),
+                 $1::timestamptz + make_interval(secs => floor(g::float8 * $4 / $3)),
                  'tenant-' || (g % 20), 'user-' || (g % 1000), 'agent-' || (g % 8),
                  (ARRAY['openai','openai','anthropic','anthropic','google','dashscope'])[1 + g % 6],
                  (ARRAY['gpt-4o','gpt-4o-mini','claude-sonnet','claude-haiku','gemini-flash','qwen-turbo'])[1 + g % 6],

@@ -437,7 +437,8 @@ impl UsageStore for PgUsageStore {
         let chunk_rows = chunk_rows.max(1);
         let mut chunk: Vec<u8> = Vec::with_capacity(256 * chunk_rows);
         let mut rows_in_chunk = 0usize;
-        let mut counter = CsvRowCounter::default();
+        // Postgres sends COPY TO STDOUT one row per CopyData message (the header first), so
+        // messages count rows without scanning the bytes.
         let mut header_done = false;
         while let Some(data) = stream.next().await {
             let data = match data {
@@ -447,13 +448,11 @@ impl UsageStore for PgUsageStore {
                     return Ok(true);
                 }
             };
-            let rows = counter.count(&data);
             chunk.extend_from_slice(&data);
             if header_done {
-                rows_in_chunk += rows;
-            } else if rows > 0 {
+                rows_in_chunk += 1;
+            } else {
                 header_done = true;
-                rows_in_chunk += rows - 1;
             }
             if rows_in_chunk >= chunk_rows {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(256 * chunk_rows));
@@ -738,26 +737,6 @@ fn timestamp_literal(at: DateTime<Utc>) -> String {
         "'{}'::timestamptz",
         at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     )
-}
-
-/// Counts CSV records (line ends outside quotes) across the pieces of a stream.
-#[derive(Debug, Default)]
-struct CsvRowCounter {
-    in_quotes: bool,
-}
-
-impl CsvRowCounter {
-    fn count(&mut self, data: &[u8]) -> usize {
-        let mut rows = 0;
-        for byte in data {
-            match byte {
-                b'"' => self.in_quotes = !self.in_quotes,
-                b'\n' if !self.in_quotes => rows += 1,
-                _ => {}
-            }
-        }
-        rows
-    }
 }
 
 /// Adds `deltas` to the rollup rows of `table`, in key order (the lock order of every writer).
