@@ -334,6 +334,9 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
     let mut config = embedded_config(&dir);
     config.storage.database_url = Some(database.url.clone());
     config.cost_tracker.max_connections = 8;
+    // 200 reservations on one budget are serialised by its row lock; on a loaded test machine
+    // the last ones wait longer than the production default before getting a connection.
+    config.cost_tracker.acquire_timeout_ms = 60_000;
     let mut gateways = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..3 {
