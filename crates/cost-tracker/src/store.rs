@@ -259,8 +259,13 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> StoreError {
             StoreError::Unavailable(error.to_string())
         }
         sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("57P01") => {
-            // admin_shutdown: the server is going away.
+        // Connection exceptions (08), insufficient resources (53: too many connections, disk
+        // full) and operator intervention (57P: shutdown, starting up): retry later.
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+            }) =>
+        {
             StoreError::Unavailable(error.to_string())
         }
         _ => StoreError::Internal(error.to_string()),

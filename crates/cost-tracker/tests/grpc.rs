@@ -374,9 +374,13 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
         }));
     }
     let (mut held, mut refused) = (0, 0);
+    let mut held_ids = Vec::new();
     for task in tasks {
         match task.await? {
-            Ok(_) => held += 1,
+            Ok(response) => {
+                held += 1;
+                held_ids.push(response.into_inner().reservation_id);
+            }
             Err(status) if status.code() == tonic::Code::FailedPrecondition => refused += 1,
             Err(status) => return Err(format!("unexpected {status:?}").into()),
         }
@@ -394,7 +398,7 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
     // Settling one frees room for exactly one more.
     clients[2]
         .settle_budget(pb::SettleBudgetRequest {
-            reservation_id: "req-0".into(),
+            reservation_id: held_ids[0].clone(),
             actual_cost_usd: "0".into(),
         })
         .await?;

@@ -540,3 +540,29 @@ suite!(
     budgets_reserve_settle_and_expire,
     parallel_reservations_never_cross_the_hard_limit,
 );
+
+/// Postgres out of reach at request time (here: no pooled connection comes free) is UNAVAILABLE
+/// after the bounded acquire timeout, never a hang; the store serves again once it can.
+#[tokio::test]
+async fn postgres_out_of_reach_is_unavailable_quickly() -> TestResult {
+    use tollgate_cost_tracker::store::StoreError;
+    use tollgate_cost_tracker::store::postgres::PgUsageStore;
+    use tollgate_kit::error::ErrorCode;
+    let database = tollgate_test_support::postgres::TestDatabase::create().await?;
+    let store = PgUsageStore::connect(&database.url, 1, Duration::from_millis(300)).await?;
+    let held = store.pool().acquire().await?;
+    let error = store
+        .record_batch(&[entry("u1", 1, 1)])
+        .await
+        .err()
+        .ok_or("a store without a free connection answered")?;
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert_eq!(error.code(), ErrorCode::Unavailable);
+    drop(held);
+    assert_eq!(
+        store.record_batch(&[entry("u1", 1, 1)]).await?,
+        vec![RecordOutcome::Stored]
+    );
+    store.pool().close().await;
+    database.drop_database().await
+}
