@@ -504,3 +504,48 @@ async fn the_outbox_replays_after_the_service_was_down() -> TestResult {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// With the service up, shutdown flushes what is still queued; a record the service refuses as
+/// invalid is kept in `rejected.spool` instead of being retried forever or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_outbox_flushes_on_shutdown_and_keeps_refused_records() -> TestResult {
+    use tollgate_cost_tracker::outbox::{CostOutbox, OutboxConfig};
+    let dir = common::temp_dir("grpc-outbox-flush");
+    let (gateway, mut client) = start(embedded_config(&dir)).await?;
+    let mut outbox_config = OutboxConfig::new(dir.join("spool"));
+    outbox_config.batch_size = 8;
+    let shutdown = Shutdown::new();
+    let outbox = CostOutbox::start(
+        outbox_config,
+        gateway.channel(ServiceTarget::CostTracker)?,
+        &shutdown,
+    )?;
+    for i in 0..30 {
+        outbox
+            .submit(record(&format!("flush-{i}"), 1, "0.01"))
+            .await?;
+        if i == 12 {
+            outbox.submit(record("refused", 1, "not money")).await?;
+        }
+    }
+    shutdown.trigger();
+    assert!(shutdown.wait_for_tasks(Duration::from_secs(30)).await);
+    assert_eq!(outbox.pending(), 0);
+    let spend = client
+        .get_spend(pb::GetSpendRequest {
+            group_by: pb::SpendGroupBy::Tenant as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(spend.rows[0].requests, 30);
+    assert_eq!(spend.total_cost_usd, "0.3");
+    let rejected = std::fs::read(dir.join("spool").join("rejected.spool"))?;
+    assert!(
+        rejected.windows(7).any(|w| w == b"refused"),
+        "the refused record is kept on disk"
+    );
+    gateway.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
