@@ -354,7 +354,11 @@ impl Flusher {
             }
         };
         for segment in segments {
-            let records = match read_segment(&segment) {
+            let path = segment.clone();
+            let read = tokio::task::spawn_blocking(move || read_segment(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let records = match read {
                 Ok(records) => records,
                 Err(error) => {
                     tracing::error!(%error, "cannot read a cost outbox spool segment");
@@ -393,6 +397,10 @@ impl Flusher {
                 tracing::error!(%error, path = %segment.display(), "cannot remove a replayed spool segment");
                 return false;
             }
+        }
+        // Only this task seals segments, so none appeared while they were replayed.
+        if let Ok(mut spool) = self.shared.spool.lock() {
+            spool.sealed_waiting = false;
         }
         true
     }
@@ -440,6 +448,9 @@ struct Spool {
     dir: PathBuf,
     /// Records in the active segment (sealed ones are counted by the flusher's replay).
     active_records: u64,
+    /// Whether sealed segments may be waiting: kept in memory so that the flusher's loop does
+    /// not list the directory each time round.
+    sealed_waiting: bool,
     sealed_sequence: u64,
 }
 
@@ -452,8 +463,10 @@ impl Spool {
         let mut spool = Self {
             dir: dir.to_owned(),
             active_records: 0,
+            sealed_waiting: false,
             sealed_sequence: 0,
         };
+        spool.sealed_waiting = !spool.sealed_segments()?.is_empty();
         // A torn tail (a crash during an append) is cut off, so that later appends stay readable.
         let active = spool.active_path();
         let (records, intact) = read_segment_with_length(&active).map_err(|e| spool.io_error(e))?;
@@ -505,7 +518,7 @@ impl Spool {
     }
 
     fn has_records(&self) -> bool {
-        self.active_records > 0 || self.sealed_segments().is_ok_and(|s| !s.is_empty())
+        self.active_records > 0 || self.sealed_waiting
     }
 
     /// Appends and fsyncs: the records survive a crash once this returns.
@@ -556,7 +569,9 @@ impl Spool {
             std::fs::rename(self.active_path(), &sealed).map_err(|e| self.io_error(e))?;
             self.active_records = 0;
         }
-        self.sealed_segments()
+        let segments = self.sealed_segments()?;
+        self.sealed_waiting = !segments.is_empty();
+        Ok(segments)
     }
 }
 

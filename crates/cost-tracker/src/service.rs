@@ -118,16 +118,60 @@ impl<S: UsageStore> CostTrackerService<S> {
         Ok((rows, total))
     }
 
-    /// Streams the export as chunks of `export_chunk_rows` rows. Memory is bounded by the two
-    /// small channels between the store, the formatter and the caller.
+    /// Streams the export as chunks of `export_chunk_rows` rows. Memory is bounded by the small
+    /// channels between the store, the formatter and the caller. CSV is formatted by the
+    /// database when the backend can (Postgres COPY), otherwise here.
     pub fn export(
         self: &Arc<Self>,
         query: ExportQuery,
         format: ExportFormat,
     ) -> mpsc::Receiver<CostTrackerResult<ExportChunk>> {
         let (chunk_tx, chunk_rx) = mpsc::channel::<CostTrackerResult<ExportChunk>>(4);
-        let (rows_tx, mut rows_rx) = mpsc::channel::<UsageEntry>(self.export_chunk_rows * 2);
         let service = Arc::clone(self);
+        tokio::spawn(async move {
+            if format == ExportFormat::Csv {
+                let (raw_tx, mut raw_rx) = mpsc::channel::<StoreResult<(Vec<u8>, u32)>>(4);
+                let forward_tx = chunk_tx.clone();
+                let forward = async move {
+                    while let Some(item) = raw_rx.recv().await {
+                        let item = item
+                            .map(|(bytes, rows)| ExportChunk { bytes, rows })
+                            .map_err(CostTrackerError::from);
+                        if forward_tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let (used, ()) = tokio::join!(
+                    service
+                        .store
+                        .export_csv(&query, service.export_chunk_rows, raw_tx),
+                    forward
+                );
+                match service.observe(used) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(error) => {
+                        let _ = chunk_tx.send(Err(error)).await;
+                        return;
+                    }
+                }
+            }
+            service.export_rows(query, format, chunk_tx).await;
+        });
+        chunk_rx
+    }
+
+    /// The generic export: rows from the store, formatted here.
+    async fn export_rows(
+        self: Arc<Self>,
+        query: ExportQuery,
+        format: ExportFormat,
+        chunk_tx: mpsc::Sender<CostTrackerResult<ExportChunk>>,
+    ) {
+        let chunk_rows = self.export_chunk_rows;
+        let (rows_tx, mut rows_rx) = mpsc::channel::<UsageEntry>(chunk_rows * 2);
+        let service = Arc::clone(&self);
         let store_done_tx = chunk_tx.clone();
         tokio::spawn(async move {
             let result = service.store.export(&query, rows_tx).await;
@@ -135,50 +179,46 @@ impl<S: UsageStore> CostTrackerService<S> {
                 let _ = store_done_tx.send(Err(error)).await;
             }
         });
-        let chunk_rows = self.export_chunk_rows;
-        tokio::spawn(async move {
-            let mut chunk = ExportChunk {
-                bytes: Vec::with_capacity(256 * chunk_rows),
-                rows: 0,
-            };
-            if format == ExportFormat::Csv {
-                chunk.bytes.extend_from_slice(CSV_HEADER.as_bytes());
-            }
-            while let Some(entry) = rows_rx.recv().await {
-                match format {
-                    ExportFormat::Csv => write_csv_row(&mut chunk.bytes, &entry),
-                    ExportFormat::Jsonl => {
-                        if let Err(error) = write_json_row(&mut chunk.bytes, &entry) {
-                            let _ = chunk_tx
-                                .send(Err(CostTrackerError::Store(StoreError::Internal(
-                                    error.to_string(),
-                                ))))
-                                .await;
-                            return;
-                        }
-                    }
-                }
-                chunk.rows += 1;
-                if chunk.rows as usize >= chunk_rows {
-                    let full = std::mem::replace(
-                        &mut chunk,
-                        ExportChunk {
-                            bytes: Vec::with_capacity(256 * chunk_rows),
-                            rows: 0,
-                        },
-                    );
-                    if chunk_tx.send(Ok(full)).await.is_err() {
+        let mut chunk = ExportChunk {
+            bytes: Vec::with_capacity(256 * chunk_rows),
+            rows: 0,
+        };
+        if format == ExportFormat::Csv {
+            chunk.bytes.extend_from_slice(CSV_HEADER.as_bytes());
+        }
+        while let Some(entry) = rows_rx.recv().await {
+            match format {
+                ExportFormat::Csv => write_csv_row(&mut chunk.bytes, &entry),
+                ExportFormat::Jsonl => {
+                    if let Err(error) = write_json_row(&mut chunk.bytes, &entry) {
+                        let _ = chunk_tx
+                            .send(Err(CostTrackerError::Store(StoreError::Internal(
+                                error.to_string(),
+                            ))))
+                            .await;
                         return;
                     }
                 }
             }
-            // The store task has finished (its error, if any, is already queued before the
-            // channel closed); the last partial chunk goes out.
-            if !chunk.bytes.is_empty() {
-                let _ = chunk_tx.send(Ok(chunk)).await;
+            chunk.rows += 1;
+            if chunk.rows as usize >= chunk_rows {
+                let full = std::mem::replace(
+                    &mut chunk,
+                    ExportChunk {
+                        bytes: Vec::with_capacity(256 * chunk_rows),
+                        rows: 0,
+                    },
+                );
+                if chunk_tx.send(Ok(full)).await.is_err() {
+                    return;
+                }
             }
-        });
-        chunk_rx
+        }
+        // The store task has finished (its error, if any, is already queued before the
+        // channel closed); the last partial chunk goes out.
+        if !chunk.bytes.is_empty() {
+            let _ = chunk_tx.send(Ok(chunk)).await;
+        }
     }
 
     pub async fn set_budget(&self, budget: &Budget) -> CostTrackerResult<BudgetStatus> {
@@ -305,6 +345,15 @@ fn publish_budget_gauges(statuses: &[BudgetStatus]) {
 
 /// The columns of both export formats, in order.
 pub const CSV_HEADER: &str = "request_id,attempt,timestamp,tenant,user,agent,provider,model,tier,input_tokens,output_tokens,cached_input_tokens,cache_write_input_tokens,estimated,cost_usd,latency_micros,token_cache_hit_tokens,routing_reason,query_sha256,status\n";
+
+/// The generic CSV of `entries`, header first: what every backend's CSV export must equal.
+pub fn csv_bytes(entries: &[UsageEntry]) -> Vec<u8> {
+    let mut out = CSV_HEADER.as_bytes().to_vec();
+    for entry in entries {
+        write_csv_row(&mut out, entry);
+    }
+    out
+}
 
 fn timestamp_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

@@ -77,6 +77,17 @@ pub trait UsageStore: Send + Sync + 'static {
         rows_tx: mpsc::Sender<UsageEntry>,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
+    /// Backends that render CSV themselves (Postgres `COPY ... TO STDOUT`, formatted in the
+    /// server) stream it here in chunks of about `chunk_rows` rows, header first, byte for byte
+    /// what [`crate::service::csv_bytes`] makes of [`UsageStore::export`]'s rows. False when the
+    /// backend has no such path (nothing was sent): use `export` instead.
+    fn export_csv(
+        &self,
+        query: &ExportQuery,
+        chunk_rows: usize,
+        chunks_tx: mpsc::Sender<StoreResult<(Vec<u8>, u32)>>,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
     /// Creates or replaces the budget of this scope and period.
     fn set_budget(
         &self,
@@ -191,6 +202,56 @@ pub(crate) fn rollup_deltas<'a>(
     Ok(deltas)
 }
 
+/// The same deltas summed per UTC day, for the daily rollups; sorted by key.
+pub(crate) fn daily_deltas(
+    hourly: &std::collections::BTreeMap<RollupKey, RollupDelta>,
+) -> StoreResult<std::collections::BTreeMap<RollupKey, RollupDelta>> {
+    let mut daily: std::collections::BTreeMap<RollupKey, RollupDelta> = Default::default();
+    for ((hour, tenant, provider, model, agent, tier), delta) in hourly {
+        let day = crate::model::BudgetPeriod::Day.start_of(*hour);
+        let key = (
+            day,
+            tenant.clone(),
+            provider.clone(),
+            model.clone(),
+            agent.clone(),
+            *tier,
+        );
+        let sum = daily.entry(key).or_default();
+        sum.cost_usd = sum
+            .cost_usd
+            .checked_add(delta.cost_usd)
+            .ok_or_else(|| StoreError::OutOfRange("cost sum overflows".into()))?;
+        sum.requests += delta.requests;
+        sum.input_tokens = sum.input_tokens.saturating_add(delta.input_tokens);
+        sum.output_tokens = sum.output_tokens.saturating_add(delta.output_tokens);
+        sum.cached_input_tokens = sum
+            .cached_input_tokens
+            .saturating_add(delta.cached_input_tokens);
+        sum.estimated_requests += delta.estimated_requests;
+    }
+    Ok(daily)
+}
+
+/// The whole UTC days inside `range`, [first, end): spend for them is read from the daily
+/// rollups, the hours before and after from the hourly ones. An empty span (`end`, `end`) when
+/// the range holds no whole day.
+pub(crate) fn whole_days(range: &crate::model::TimeRange) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = crate::model::BudgetPeriod::Day;
+    let floor_start = day.start_of(range.start);
+    let first = if floor_start == range.start {
+        floor_start
+    } else {
+        floor_start + chrono::Duration::days(1)
+    };
+    let last = day.start_of(range.end);
+    if first < last {
+        (first, last)
+    } else {
+        (range.end, range.end)
+    }
+}
+
 /// Maps sqlx errors: connection trouble is UNAVAILABLE (retry later), the rest internal.
 pub(crate) fn from_sqlx(error: sqlx::Error) -> StoreError {
     match &error {
@@ -198,8 +259,13 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> StoreError {
             StoreError::Unavailable(error.to_string())
         }
         sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("57P01") => {
-            // admin_shutdown: the server is going away.
+        // Connection exceptions (08), insufficient resources (53: too many connections, disk
+        // full) and operator intervention (57P: shutdown, starting up): retry later.
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+            }) =>
+        {
             StoreError::Unavailable(error.to_string())
         }
         _ => StoreError::Internal(error.to_string()),

@@ -334,6 +334,9 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
     let mut config = embedded_config(&dir);
     config.storage.database_url = Some(database.url.clone());
     config.cost_tracker.max_connections = 8;
+    // 200 reservations on one budget are serialised by its row lock; on a loaded test machine
+    // the last ones wait longer than the production default before getting a connection.
+    config.cost_tracker.acquire_timeout_ms = 60_000;
     let mut gateways = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -371,9 +374,13 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
         }));
     }
     let (mut held, mut refused) = (0, 0);
+    let mut held_ids = Vec::new();
     for task in tasks {
         match task.await? {
-            Ok(_) => held += 1,
+            Ok(response) => {
+                held += 1;
+                held_ids.push(response.into_inner().reservation_id);
+            }
             Err(status) if status.code() == tonic::Code::FailedPrecondition => refused += 1,
             Err(status) => return Err(format!("unexpected {status:?}").into()),
         }
@@ -391,7 +398,7 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
     // Settling one frees room for exactly one more.
     clients[2]
         .settle_budget(pb::SettleBudgetRequest {
-            reservation_id: "req-0".into(),
+            reservation_id: held_ids[0].clone(),
             actual_cost_usd: "0".into(),
         })
         .await?;
@@ -494,6 +501,51 @@ async fn the_outbox_replays_after_the_service_was_down() -> TestResult {
     assert_eq!(spend.total_cost_usd, "0.0075");
     service_shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(30), gateway.wait()).await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// With the service up, shutdown flushes what is still queued; a record the service refuses as
+/// invalid is kept in `rejected.spool` instead of being retried forever or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_outbox_flushes_on_shutdown_and_keeps_refused_records() -> TestResult {
+    use tollgate_cost_tracker::outbox::{CostOutbox, OutboxConfig};
+    let dir = common::temp_dir("grpc-outbox-flush");
+    let (gateway, mut client) = start(embedded_config(&dir)).await?;
+    let mut outbox_config = OutboxConfig::new(dir.join("spool"));
+    outbox_config.batch_size = 8;
+    let shutdown = Shutdown::new();
+    let outbox = CostOutbox::start(
+        outbox_config,
+        gateway.channel(ServiceTarget::CostTracker)?,
+        &shutdown,
+    )?;
+    for i in 0..30 {
+        outbox
+            .submit(record(&format!("flush-{i}"), 1, "0.01"))
+            .await?;
+        if i == 12 {
+            outbox.submit(record("refused", 1, "not money")).await?;
+        }
+    }
+    shutdown.trigger();
+    assert!(shutdown.wait_for_tasks(Duration::from_secs(30)).await);
+    assert_eq!(outbox.pending(), 0);
+    let spend = client
+        .get_spend(pb::GetSpendRequest {
+            group_by: pb::SpendGroupBy::Tenant as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(spend.rows[0].requests, 30);
+    assert_eq!(spend.total_cost_usd, "0.3");
+    let rejected = std::fs::read(dir.join("spool").join("rejected.spool"))?;
+    assert!(
+        rejected.windows(7).any(|w| w == b"refused"),
+        "the refused record is kept on disk"
+    );
+    gateway.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

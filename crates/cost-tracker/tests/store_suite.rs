@@ -212,6 +212,32 @@ async fn rollups_equal_raw_sums_exactly<S: UsageStore + Clone>(store: &S) -> Tes
             sum.checked_add(e.cost_usd).unwrap_or_default()
         });
     assert_eq!(total(&filtered), expected);
+    // Partial days at both edges (hourly rollups) around whole days (daily rollups), and a
+    // range inside one day.
+    for (start, end) in [
+        (at(2026, 3, 4, 13, 0), at(2026, 3, 7, 2, 0)),
+        (at(2026, 3, 5, 3, 0), at(2026, 3, 5, 17, 0)),
+    ] {
+        let rows = store
+            .spend(&SpendQuery {
+                filter: SpendFilter::default(),
+                group_by: GroupBy::Day,
+                range: TimeRange { start, end },
+            })
+            .await?;
+        let inside: Vec<&UsageEntry> = entries
+            .iter()
+            .filter(|e| e.timestamp >= start && e.timestamp < end)
+            .collect();
+        let expected = inside.iter().fold(Usd::ZERO, |sum, e| {
+            sum.checked_add(e.cost_usd).unwrap_or_default()
+        });
+        assert_eq!(total(&rows), expected, "{start}..{end}");
+        assert_eq!(
+            rows.iter().map(|r| r.requests).sum::<i64>(),
+            inside.len() as i64
+        );
+    }
     Ok(())
 }
 
@@ -237,6 +263,63 @@ async fn exports_return_every_field_in_time_order<S: UsageStore + Clone>(store: 
             .iter()
             .all(|e| e.timestamp.format("%d").to_string() == "05")
     );
+    Ok(())
+}
+
+async fn csv_exports_match_the_generic_writer_byte_for_byte<S: UsageStore + Clone>(
+    store: &S,
+) -> TestResult {
+    let mut entries: Vec<UsageEntry> = (0..250).map(|n| entry(&format!("c{n}"), 1, n)).collect();
+    entries[0].routing_reason = String::new();
+    entries[1].user = "multi\nline \\ 'quoted'".into();
+    entries[2].cost_usd = Usd::ZERO;
+    store.record_batch(&entries).await?;
+    let exported = export_all(store, march()).await?;
+    let expected = tollgate_cost_tracker::service::csv_bytes(&exported);
+    let (chunks_tx, mut chunks_rx) = mpsc::channel(4);
+    let export_query = ExportQuery {
+        filter: SpendFilter::default(),
+        range: march(),
+    };
+    let (used, collected) =
+        tokio::join!(store.export_csv(&export_query, 40, chunks_tx), async move {
+            let (mut bytes, mut rows) = (Vec::new(), 0u32);
+            while let Some(chunk) = chunks_rx.recv().await {
+                let (chunk, count) = chunk?;
+                bytes.extend_from_slice(&chunk);
+                rows += count;
+            }
+            Ok::<_, tollgate_cost_tracker::store::StoreError>((bytes, rows))
+        });
+    let (bytes, rows) = collected?;
+    if used? {
+        assert_eq!(rows, 250);
+        assert_eq!(String::from_utf8(bytes)?, String::from_utf8(expected)?);
+    } else {
+        assert!(
+            bytes.is_empty(),
+            "a backend without its own CSV path sends nothing"
+        );
+    }
+    // Filters with a quote and a backslash in them are values, never SQL.
+    let hostile = ExportQuery {
+        filter: SpendFilter {
+            tenant: "x' OR '1'='1 \\".into(),
+            ..Default::default()
+        },
+        range: march(),
+    };
+    let (chunks_tx, mut chunks_rx) = mpsc::channel(4);
+    let (used, total) = tokio::join!(store.export_csv(&hostile, 40, chunks_tx), async move {
+        let mut rows = 0;
+        while let Some(Ok((_, count))) = chunks_rx.recv().await {
+            rows += count;
+        }
+        rows
+    });
+    if used? {
+        assert_eq!(total, 0);
+    }
     Ok(())
 }
 
@@ -453,6 +536,33 @@ suite!(
     concurrent_duplicates_and_overlapping_writers_count_once,
     rollups_equal_raw_sums_exactly,
     exports_return_every_field_in_time_order,
+    csv_exports_match_the_generic_writer_byte_for_byte,
     budgets_reserve_settle_and_expire,
     parallel_reservations_never_cross_the_hard_limit,
 );
+
+/// Postgres out of reach at request time (here: no pooled connection comes free) is UNAVAILABLE
+/// after the bounded acquire timeout, never a hang; the store serves again once it can.
+#[tokio::test]
+async fn postgres_out_of_reach_is_unavailable_quickly() -> TestResult {
+    use tollgate_cost_tracker::store::StoreError;
+    use tollgate_cost_tracker::store::postgres::PgUsageStore;
+    use tollgate_kit::error::ErrorCode;
+    let database = tollgate_test_support::postgres::TestDatabase::create().await?;
+    let store = PgUsageStore::connect(&database.url, 1, Duration::from_millis(300)).await?;
+    let held = store.pool().acquire().await?;
+    let error = store
+        .record_batch(&[entry("u1", 1, 1)])
+        .await
+        .err()
+        .ok_or("a store without a free connection answered")?;
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert_eq!(error.code(), ErrorCode::Unavailable);
+    drop(held);
+    assert_eq!(
+        store.record_batch(&[entry("u1", 1, 1)]).await?,
+        vec![RecordOutcome::Stored]
+    );
+    store.pool().close().await;
+    database.drop_database().await
+}

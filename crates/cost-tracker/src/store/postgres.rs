@@ -21,8 +21,8 @@ use tokio_stream::StreamExt;
 use tollgate_kit::money::Usd;
 
 use super::{
-    Backend, StoreError, StoreResult, UsageStore, from_sqlx, outcomes_for, rollup_deltas,
-    sorted_unique, usd_from_db,
+    Backend, RollupDelta, RollupKey, StoreError, StoreResult, UsageStore, daily_deltas, from_sqlx,
+    outcomes_for, rollup_deltas, sorted_unique, usd_from_db, whole_days,
 };
 use crate::model::{
     Budget, BudgetPeriod, BudgetScope, BudgetStatus, ExportQuery, GroupBy, RecordOutcome,
@@ -46,6 +46,13 @@ SELECT * FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::text[], $5::
     $19::text[], $20::int2[])
 ON CONFLICT (request_id, attempt) DO NOTHING
 RETURNING request_id, attempt";
+
+/// The rollup upsert for `usage_hourly` (`hour`) or `usage_daily` (`day`).
+fn upsert_rollups_sql(table: &str, column: &str) -> String {
+    UPSERT_ROLLUPS
+        .replace("usage_hourly", table)
+        .replace("(hour,", &format!("({column},"))
+}
 
 const UPSERT_ROLLUPS: &str = "
 INSERT INTO usage_hourly AS h (hour, tenant, provider, model, agent, tier, cost_usd, requests,
@@ -289,76 +296,49 @@ impl UsageStore for PgUsageStore {
                 .filter(|entry| inserted.contains(&(entry.request_id.clone(), entry.attempt))),
         )?;
         if !deltas.is_empty() {
-            let m = deltas.len();
-            let mut hours = Vec::with_capacity(m);
-            let mut r_tenants = Vec::with_capacity(m);
-            let mut r_providers = Vec::with_capacity(m);
-            let mut r_models = Vec::with_capacity(m);
-            let mut r_agents = Vec::with_capacity(m);
-            let mut r_tiers = Vec::with_capacity(m);
-            let mut r_costs = Vec::with_capacity(m);
-            let mut r_requests = Vec::with_capacity(m);
-            let mut r_inputs = Vec::with_capacity(m);
-            let mut r_outputs = Vec::with_capacity(m);
-            let mut r_cached = Vec::with_capacity(m);
-            let mut r_estimated = Vec::with_capacity(m);
-            for ((hour, tenant, provider, model, agent, tier), delta) in deltas {
-                hours.push(hour);
-                r_tenants.push(tenant);
-                r_providers.push(provider);
-                r_models.push(model);
-                r_agents.push(agent);
-                r_tiers.push(tier);
-                r_costs.push(delta.cost_usd.to_string());
-                r_requests.push(delta.requests);
-                r_inputs.push(delta.input_tokens);
-                r_outputs.push(delta.output_tokens);
-                r_cached.push(delta.cached_input_tokens);
-                r_estimated.push(delta.estimated_requests);
-            }
-            sqlx::query(UPSERT_ROLLUPS)
-                .bind(hours)
-                .bind(r_tenants)
-                .bind(r_providers)
-                .bind(r_models)
-                .bind(r_agents)
-                .bind(r_tiers)
-                .bind(r_costs)
-                .bind(r_requests)
-                .bind(r_inputs)
-                .bind(r_outputs)
-                .bind(r_cached)
-                .bind(r_estimated)
-                .execute(&mut *tx)
-                .await
-                .map_err(from_sqlx)?;
+            let daily = daily_deltas(&deltas)?;
+            upsert_rollups(&mut tx, "usage_hourly", "hour", deltas).await?;
+            upsert_rollups(&mut tx, "usage_daily", "day", daily).await?;
         }
         tx.commit().await.map_err(from_sqlx)?;
         Ok(outcomes_for(entries, &unique, &inserted))
     }
 
     async fn spend(&self, query: &SpendQuery) -> StoreResult<Vec<SpendRow>> {
-        let key = match query.group_by {
-            GroupBy::Tenant => "tenant",
-            GroupBy::Provider => "provider",
-            GroupBy::Model => "model",
-            GroupBy::Agent => "agent",
-            GroupBy::Tier => "tier::text",
-            GroupBy::Day => "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-            GroupBy::Month => "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM')",
+        let key = |column: &str| match query.group_by {
+            GroupBy::Tenant => "tenant".to_owned(),
+            GroupBy::Provider => "provider".to_owned(),
+            GroupBy::Model => "model".to_owned(),
+            GroupBy::Agent => "agent".to_owned(),
+            GroupBy::Tier => "tier::text".to_owned(),
+            GroupBy::Day => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
+            GroupBy::Month => format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM')"),
         };
-        // `key` is one of the fixed expressions above, never caller input.
+        let filters = "($3 = '' OR tenant = $3) AND ($4 = '' OR provider = $4)
+               AND ($5 = '' OR model = $5) AND ($6 = '' OR agent = $6)
+               AND ($7::int2 = 0 OR tier = $7)";
+        // Whole days from the daily rollups, the partial days at the edges from the hourly
+        // ones. The key expressions are fixed above, never caller input.
         let sql = format!(
-            "SELECT {key} AS key, sum(cost_usd)::text, sum(requests)::int8, sum(input_tokens)::int8,
+            "SELECT key, sum(cost_usd)::text, sum(requests)::int8, sum(input_tokens)::int8,
                  sum(output_tokens)::int8, sum(cached_input_tokens)::int8,
                  sum(estimated_requests)::int8
-             FROM usage_hourly
-             WHERE hour >= $1 AND hour < $2
-               AND ($3 = '' OR tenant = $3) AND ($4 = '' OR provider = $4)
-               AND ($5 = '' OR model = $5) AND ($6 = '' OR agent = $6)
-               AND ($7::int2 = 0 OR tier = $7)
-             GROUP BY 1 ORDER BY 1"
+             FROM (
+                 SELECT {hour_key} AS key, cost_usd, requests, input_tokens, output_tokens,
+                     cached_input_tokens, estimated_requests
+                 FROM usage_hourly
+                 WHERE ((hour >= $1 AND hour < $8) OR (hour >= $9 AND hour < $2)) AND {filters}
+                 UNION ALL
+                 SELECT {day_key} AS key, cost_usd, requests, input_tokens, output_tokens,
+                     cached_input_tokens, estimated_requests
+                 FROM usage_daily
+                 WHERE day >= $8 AND day < $9 AND {filters}
+             ) AS spend
+             GROUP BY key ORDER BY key",
+            hour_key = key("hour"),
+            day_key = key("day"),
         );
+        let (first_day, end_day) = whole_days(&query.range);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(query.range.start)
             .bind(query.range.end)
@@ -367,6 +347,8 @@ impl UsageStore for PgUsageStore {
             .bind(&query.filter.model)
             .bind(&query.filter.agent)
             .bind(query.filter.tier)
+            .bind(first_day)
+            .bind(end_day)
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
@@ -417,6 +399,75 @@ impl UsageStore for PgUsageStore {
             sent += 1;
         }
         Ok(sent)
+    }
+
+    async fn export_csv(
+        &self,
+        query: &ExportQuery,
+        chunk_rows: usize,
+        chunks_tx: mpsc::Sender<StoreResult<(Vec<u8>, u32)>>,
+    ) -> StoreResult<bool> {
+        use sqlx::postgres::PgPoolCopyExt;
+        // COPY takes no bind parameters: every value below is a number, a timestamp we format,
+        // or a caller string escaped by `literal`.
+        let f = &query.filter;
+        let statement = format!(
+            "COPY (SELECT {CSV_COLUMNS} FROM usage_ledger
+                   WHERE ts >= {start} AND ts < {end}
+                     AND ({tenant} = '' OR tenant = {tenant})
+                     AND ({provider} = '' OR provider = {provider})
+                     AND ({model} = '' OR model = {model})
+                     AND ({agent} = '' OR agent = {agent})
+                     AND ({tier} = 0 OR tier = {tier})
+                   ORDER BY ts, request_id COLLATE \"C\", attempt)
+             TO STDOUT WITH (FORMAT csv, HEADER true)",
+            start = timestamp_literal(query.range.start),
+            end = timestamp_literal(query.range.end),
+            tenant = literal(&f.tenant),
+            provider = literal(&f.provider),
+            model = literal(&f.model),
+            agent = literal(&f.agent),
+            tier = f.tier,
+        );
+        let mut stream = self
+            .pool
+            .copy_out_raw(&statement)
+            .await
+            .map_err(from_sqlx)?;
+        let chunk_rows = chunk_rows.max(1);
+        let mut chunk: Vec<u8> = Vec::with_capacity(256 * chunk_rows);
+        let mut rows_in_chunk = 0usize;
+        // Postgres sends COPY TO STDOUT one row per CopyData message (the header first), so
+        // messages count rows without scanning the bytes.
+        let mut header_done = false;
+        while let Some(data) = stream.next().await {
+            let data = match data {
+                Ok(data) => data,
+                Err(error) => {
+                    let _ = chunks_tx.send(Err(from_sqlx(error))).await;
+                    return Ok(true);
+                }
+            };
+            chunk.extend_from_slice(&data);
+            if header_done {
+                rows_in_chunk += 1;
+            } else {
+                header_done = true;
+            }
+            if rows_in_chunk >= chunk_rows {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(256 * chunk_rows));
+                let count = u32::try_from(rows_in_chunk).unwrap_or(u32::MAX);
+                rows_in_chunk = 0;
+                if chunks_tx.send(Ok((full, count))).await.is_err() {
+                    return Ok(true);
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let count = u32::try_from(rows_in_chunk).unwrap_or(u32::MAX);
+            let _ = chunks_tx.send(Ok((chunk, count))).await;
+        }
+        Ok(true)
     }
 
     async fn set_budget(&self, budget: &Budget, now: DateTime<Utc>) -> StoreResult<BudgetStatus> {
@@ -656,6 +707,90 @@ impl UsageStore for PgUsageStore {
             .await?;
         Ok(Some(budgets))
     }
+}
+
+/// The export columns rendered by Postgres exactly as the generic CSV writer renders them:
+/// RFC 3339 UTC times with microseconds, tier and status names, normalized decimals, and empty
+/// strings as NULL (written unquoted and empty, like the generic writer does).
+const CSV_COLUMNS: &str = "NULLIF(request_id, '') AS request_id, attempt,
+    to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS \"timestamp\",
+    NULLIF(tenant, '') AS tenant, NULLIF(user_id, '') AS \"user\", NULLIF(agent, '') AS agent,
+    NULLIF(provider, '') AS provider, NULLIF(model, '') AS model,
+    CASE tier WHEN 1 THEN 'local' WHEN 2 THEN 'cheap' WHEN 3 THEN 'standard'
+        WHEN 4 THEN 'premium' ELSE 'unspecified' END AS tier,
+    input_tokens, output_tokens, cached_input_tokens, cache_write_input_tokens,
+    CASE WHEN estimated THEN 'true' ELSE 'false' END AS estimated,
+    trim_scale(cost_usd)::text AS cost_usd, latency_micros, token_cache_hit_tokens,
+    NULLIF(routing_reason, '') AS routing_reason, NULLIF(query_sha256, '') AS query_sha256,
+    CASE status WHEN 1 THEN 'succeeded' WHEN 2 THEN 'retryable_error' WHEN 3 THEN 'fatal_error'
+        WHEN 4 THEN 'interrupted' WHEN 5 THEN 'skipped_circuit_open' ELSE 'unspecified' END
+        AS status";
+
+/// A string constant that is safe whatever `standard_conforming_strings` says: the escape
+/// form, with quotes and backslashes doubled (NUL cannot occur in Postgres text).
+fn literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn timestamp_literal(at: DateTime<Utc>) -> String {
+    format!(
+        "'{}'::timestamptz",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    )
+}
+
+/// Adds `deltas` to the rollup rows of `table`, in key order (the lock order of every writer).
+async fn upsert_rollups(
+    tx: &mut Transaction<'static, sqlx::Postgres>,
+    table: &str,
+    column: &str,
+    deltas: std::collections::BTreeMap<RollupKey, RollupDelta>,
+) -> StoreResult<()> {
+    let m = deltas.len();
+    let mut keys = Vec::with_capacity(m);
+    let mut tenants = Vec::with_capacity(m);
+    let mut providers = Vec::with_capacity(m);
+    let mut models = Vec::with_capacity(m);
+    let mut agents = Vec::with_capacity(m);
+    let mut tiers = Vec::with_capacity(m);
+    let mut costs = Vec::with_capacity(m);
+    let mut requests = Vec::with_capacity(m);
+    let mut inputs = Vec::with_capacity(m);
+    let mut outputs = Vec::with_capacity(m);
+    let mut cached = Vec::with_capacity(m);
+    let mut estimated = Vec::with_capacity(m);
+    for ((at, tenant, provider, model, agent, tier), delta) in deltas {
+        keys.push(at);
+        tenants.push(tenant);
+        providers.push(provider);
+        models.push(model);
+        agents.push(agent);
+        tiers.push(tier);
+        costs.push(delta.cost_usd.to_string());
+        requests.push(delta.requests);
+        inputs.push(delta.input_tokens);
+        outputs.push(delta.output_tokens);
+        cached.push(delta.cached_input_tokens);
+        estimated.push(delta.estimated_requests);
+    }
+    // Table and column names are ours, never caller input.
+    sqlx::query(sqlx::AssertSqlSafe(upsert_rollups_sql(table, column)))
+        .bind(keys)
+        .bind(tenants)
+        .bind(providers)
+        .bind(models)
+        .bind(agents)
+        .bind(tiers)
+        .bind(costs)
+        .bind(requests)
+        .bind(inputs)
+        .bind(outputs)
+        .bind(cached)
+        .bind(estimated)
+        .execute(&mut **tx)
+        .await
+        .map_err(from_sqlx)?;
+    Ok(())
 }
 
 fn expiry(now: DateTime<Utc>, ttl_seconds: u32) -> DateTime<Utc> {

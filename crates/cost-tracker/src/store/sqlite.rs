@@ -26,8 +26,8 @@ use tokio_stream::StreamExt;
 use tollgate_kit::money::Usd;
 
 use super::{
-    Backend, StoreError, StoreResult, UsageStore, from_sqlx, outcomes_for, rollup_deltas,
-    sorted_unique,
+    Backend, StoreError, StoreResult, UsageStore, daily_deltas, from_sqlx, outcomes_for,
+    rollup_deltas, sorted_unique, whole_days,
 };
 use crate::model::{
     Budget, BudgetPeriod, BudgetScope, BudgetStatus, ExportQuery, GroupBy, RecordOutcome,
@@ -60,6 +60,18 @@ FROM budgets b
 WHERE ($4 IS NULL OR b.tenant = $4)
   AND ($5 IS NULL OR (b.tenant IN ('', $5) AND b.provider IN ('', $6) AND b.model IN ('', $7)))
 ORDER BY b.tenant, b.provider, b.model, b.period";
+
+const UPSERT_ROLLUP: &str = "
+INSERT INTO usage_hourly AS h (hour, tenant, provider, model, agent, tier, cost_picos, requests,
+    input_tokens, output_tokens, cached_input_tokens, estimated_requests)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (hour, tenant, provider, model, agent, tier) DO UPDATE SET
+    cost_picos = h.cost_picos + excluded.cost_picos,
+    requests = h.requests + excluded.requests,
+    input_tokens = h.input_tokens + excluded.input_tokens,
+    output_tokens = h.output_tokens + excluded.output_tokens,
+    cached_input_tokens = h.cached_input_tokens + excluded.cached_input_tokens,
+    estimated_requests = h.estimated_requests + excluded.estimated_requests";
 
 fn to_picos(amount: Usd, what: &str) -> StoreResult<i64> {
     amount
@@ -252,61 +264,72 @@ impl UsageStore for SqliteUsageStore {
                 .map(|(_, entry)| *entry)
                 .filter(|entry| inserted.contains(&(entry.request_id.clone(), entry.attempt))),
         )?;
-        for ((hour, tenant, provider, model, agent, tier), delta) in deltas {
-            sqlx::query(
-                "INSERT INTO usage_hourly AS h (hour, tenant, provider, model, agent, tier,
-                     cost_picos, requests, input_tokens, output_tokens, cached_input_tokens,
-                     estimated_requests)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (hour, tenant, provider, model, agent, tier) DO UPDATE SET
-                     cost_picos = h.cost_picos + excluded.cost_picos,
-                     requests = h.requests + excluded.requests,
-                     input_tokens = h.input_tokens + excluded.input_tokens,
-                     output_tokens = h.output_tokens + excluded.output_tokens,
-                     cached_input_tokens = h.cached_input_tokens + excluded.cached_input_tokens,
-                     estimated_requests = h.estimated_requests + excluded.estimated_requests",
-            )
-            .bind(micros(hour))
-            .bind(tenant)
-            .bind(provider)
-            .bind(model)
-            .bind(agent)
-            .bind(tier)
-            .bind(to_picos(delta.cost_usd, "hourly cost")?)
-            .bind(delta.requests)
-            .bind(delta.input_tokens)
-            .bind(delta.output_tokens)
-            .bind(delta.cached_input_tokens)
-            .bind(delta.estimated_requests)
-            .execute(&mut *tx)
-            .await
-            .map_err(from_sqlx)?;
+        let daily = daily_deltas(&deltas)?;
+        for (table, column, rollups) in [
+            ("usage_hourly", "hour", deltas),
+            ("usage_daily", "day", daily),
+        ] {
+            // Table and column names are ours, never caller input.
+            let sql = UPSERT_ROLLUP
+                .replace("usage_hourly", table)
+                .replace("(hour,", &format!("({column},"));
+            for ((at, tenant, provider, model, agent, tier), delta) in rollups {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(micros(at))
+                    .bind(tenant)
+                    .bind(provider)
+                    .bind(model)
+                    .bind(agent)
+                    .bind(tier)
+                    .bind(to_picos(delta.cost_usd, "rollup cost")?)
+                    .bind(delta.requests)
+                    .bind(delta.input_tokens)
+                    .bind(delta.output_tokens)
+                    .bind(delta.cached_input_tokens)
+                    .bind(delta.estimated_requests)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(from_sqlx)?;
+            }
         }
         tx.commit().await.map_err(from_sqlx)?;
         Ok(outcomes_for(entries, &unique, &inserted))
     }
 
     async fn spend(&self, query: &SpendQuery) -> StoreResult<Vec<SpendRow>> {
-        let key = match query.group_by {
-            GroupBy::Tenant => "tenant",
-            GroupBy::Provider => "provider",
-            GroupBy::Model => "model",
-            GroupBy::Agent => "agent",
-            GroupBy::Tier => "CAST(tier AS TEXT)",
-            GroupBy::Day => "strftime('%Y-%m-%d', hour / 1000000, 'unixepoch')",
-            GroupBy::Month => "strftime('%Y-%m', hour / 1000000, 'unixepoch')",
+        let key = |column: &str| match query.group_by {
+            GroupBy::Tenant => "tenant".to_owned(),
+            GroupBy::Provider => "provider".to_owned(),
+            GroupBy::Model => "model".to_owned(),
+            GroupBy::Agent => "agent".to_owned(),
+            GroupBy::Tier => "CAST(tier AS TEXT)".to_owned(),
+            GroupBy::Day => format!("strftime('%Y-%m-%d', {column} / 1000000, 'unixepoch')"),
+            GroupBy::Month => format!("strftime('%Y-%m', {column} / 1000000, 'unixepoch')"),
         };
-        // `key` is one of the fixed expressions above, never caller input.
-        let sql = format!(
-            "SELECT {key} AS key, sum(cost_picos), sum(requests), sum(input_tokens),
-                 sum(output_tokens), sum(cached_input_tokens), sum(estimated_requests)
-             FROM usage_hourly
-             WHERE hour >= $1 AND hour < $2
-               AND ($3 = '' OR tenant = $3) AND ($4 = '' OR provider = $4)
+        let filters = "($3 = '' OR tenant = $3) AND ($4 = '' OR provider = $4)
                AND ($5 = '' OR model = $5) AND ($6 = '' OR agent = $6)
-               AND ($7 = 0 OR tier = $7)
-             GROUP BY 1 ORDER BY 1"
+               AND ($7 = 0 OR tier = $7)";
+        // Whole days from the daily rollups, the partial days at the edges from the hourly
+        // ones. The key expressions are fixed above, never caller input.
+        let sql = format!(
+            "SELECT key, sum(cost_picos), sum(requests), sum(input_tokens), sum(output_tokens),
+                 sum(cached_input_tokens), sum(estimated_requests)
+             FROM (
+                 SELECT {hour_key} AS key, cost_picos, requests, input_tokens, output_tokens,
+                     cached_input_tokens, estimated_requests
+                 FROM usage_hourly
+                 WHERE ((hour >= $1 AND hour < $8) OR (hour >= $9 AND hour < $2)) AND {filters}
+                 UNION ALL
+                 SELECT {day_key} AS key, cost_picos, requests, input_tokens, output_tokens,
+                     cached_input_tokens, estimated_requests
+                 FROM usage_daily
+                 WHERE day >= $8 AND day < $9 AND {filters}
+             )
+             GROUP BY key ORDER BY key",
+            hour_key = key("hour"),
+            day_key = key("day"),
         );
+        let (first_day, end_day) = whole_days(&query.range);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(micros(query.range.start))
             .bind(micros(query.range.end))
@@ -315,6 +338,8 @@ impl UsageStore for SqliteUsageStore {
             .bind(&query.filter.model)
             .bind(&query.filter.agent)
             .bind(query.filter.tier)
+            .bind(micros(first_day))
+            .bind(micros(end_day))
             .fetch_all(&self.pool)
             .await
             .map_err(from_sqlx)?;
@@ -364,6 +389,16 @@ impl UsageStore for SqliteUsageStore {
             sent += 1;
         }
         Ok(sent)
+    }
+
+    async fn export_csv(
+        &self,
+        _query: &ExportQuery,
+        _chunk_rows: usize,
+        _chunks_tx: mpsc::Sender<StoreResult<(Vec<u8>, u32)>>,
+    ) -> StoreResult<bool> {
+        // SQLite has no server to format in; the generic path is as fast here.
+        Ok(false)
     }
 
     async fn set_budget(&self, budget: &Budget, now: DateTime<Utc>) -> StoreResult<BudgetStatus> {
