@@ -313,6 +313,23 @@ impl CaseStore for PgCaseStore {
         Ok(found)
     }
 
+    async fn nearest_each(&self, queries: &[NearestQuery]) -> StoreResult<Vec<Vec<ScoredCase>>> {
+        match queries {
+            // Retrieve's positives and negatives: two round trips at once.
+            [first, second] => {
+                let (first, second) = tokio::join!(self.nearest(first), self.nearest(second));
+                Ok(vec![first?, second?])
+            }
+            _ => {
+                let mut answers = Vec::with_capacity(queries.len());
+                for query in queries {
+                    answers.push(self.nearest(query).await?);
+                }
+                Ok(answers)
+            }
+        }
+    }
+
     async fn stats(&self, tenant_opt: Option<&str>) -> StoreResult<CaseStats> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS cases, COUNT(reward) AS with_reward, \
