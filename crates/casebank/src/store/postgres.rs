@@ -41,7 +41,7 @@ impl Default for PgOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_millis(250),
-            ef_search: 100,
+            ef_search: 200,
         }
     }
 }
