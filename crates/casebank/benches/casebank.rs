@@ -272,8 +272,26 @@ async fn main() {
             "postgres {size} cases: Retrieve {} ({hits:.2} positives/query)",
             summary(samples)
         );
-        let r = recall(postgres.as_ref(), sqlite.as_ref(), &embedder, &queries).await;
-        println!("postgres {size} cases: recall@4 (HNSW, ef_search 100) vs exact = {r:.4}");
+        for ef_search in [40, 100, 200, 400] {
+            let options = PgOptions {
+                ef_search,
+                ..PgOptions::default()
+            };
+            let store = PgCaseStore::connect_lazy(&database.url, &options).expect("postgres");
+            let r = recall(&store, sqlite.as_ref(), &embedder, &queries).await;
+            let mut samples = Vec::with_capacity(queries.len());
+            for text in &queries {
+                let query = nearest_query(&embedder, text);
+                let started = Instant::now();
+                store.nearest(&query).await.expect("nearest");
+                samples.push(started.elapsed());
+            }
+            println!(
+                "postgres {size} cases, ef_search {ef_search}: recall@4 vs exact = {r:.4}; k=4 search {}",
+                summary(samples)
+            );
+            store.pool().close().await;
+        }
     }
     pg_store.pool().close().await;
     database.drop_database().await.expect("drop database");

@@ -95,6 +95,12 @@ impl CaseService {
         if case.id.is_empty() {
             case.id = uuid::Uuid::new_v4().to_string();
         }
+        // Stores keep microseconds: the answer to a create must equal what a later read returns.
+        if let Some(micros) =
+            chrono::DateTime::from_timestamp_micros(case.created_at.timestamp_micros())
+        {
+            case.created_at = micros;
+        }
         let embedding = self.embedder.embed(&case.task).await?;
         case.embedder = self.embedder.identity().to_owned();
         let (stored, created) = self.observe(self.store.insert(&case, &embedding).await)?;
@@ -163,11 +169,12 @@ impl CaseService {
                 reward: RewardFilter::Below(query.min_reward),
                 ..positives_query.clone()
             };
-            let (positives, negatives) = tokio::join!(
-                self.bounded(self.store.nearest(&positives_query)),
-                self.bounded(self.store.nearest(&negatives_query)),
-            );
-            (positives?, negatives?)
+            let mut answers = self
+                .bounded(self.store.nearest_each(&[positives_query, negatives_query]))
+                .await?;
+            let negatives = answers.pop().unwrap_or_default();
+            let positives = answers.pop().unwrap_or_default();
+            (positives, negatives)
         } else {
             (
                 self.bounded(self.store.nearest(&positives_query)).await?,

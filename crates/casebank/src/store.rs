@@ -67,6 +67,16 @@ pub trait CaseStore: Send + Sync + Debug {
     /// at least `query.min_similarity`, most similar first.
     async fn nearest(&self, query: &NearestQuery) -> StoreResult<Vec<ScoredCase>>;
 
+    /// [`CaseStore::nearest`] for several queries of one tenant and one embedding (Retrieve's
+    /// positives and negatives), in order. Backends that scan may answer all in one pass.
+    async fn nearest_each(&self, queries: &[NearestQuery]) -> StoreResult<Vec<Vec<ScoredCase>>> {
+        let mut answers = Vec::with_capacity(queries.len());
+        for query in queries {
+            answers.push(self.nearest(query).await?);
+        }
+        Ok(answers)
+    }
+
     /// Counts over one tenant, or every tenant when `tenant_opt` is `None`.
     async fn stats(&self, tenant_opt: Option<&str>) -> StoreResult<CaseStats>;
 }

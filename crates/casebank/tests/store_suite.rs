@@ -256,6 +256,25 @@ async fn nearest_orders_by_similarity_and_filters(store: &dyn CaseStore) -> Test
         "negatives: known reward below the bound"
     );
 
+    // Both at once (Retrieve with negatives) gives the same answers as one at a time.
+    let both = store
+        .nearest_each(&[
+            query(
+                "t1",
+                "translate this paragraph into French",
+                2,
+                RewardFilter::AtLeast(0.6),
+            ),
+            query(
+                "t1",
+                "translate this paragraph into French",
+                4,
+                RewardFilter::Below(0.6),
+            ),
+        ])
+        .await?;
+    assert_eq!(both, vec![positives.clone(), negatives.clone()]);
+
     let mut close_only = query(
         "t1",
         "translate this paragraph into French",

@@ -51,6 +51,14 @@ fn serve_on_ephemeral_ports(grace_period_secs: u64) -> Command {
         grace_period_secs.to_string(),
     );
     command.env("TOLLGATE_TELEMETRY__LOG_FORMAT", "json");
+    // Each process its own SQLite files: processes of parallel tests must not share them.
+    static DATA_DIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let data_dir = std::env::temp_dir().join(format!(
+        "tollgate-process-test-{}-{}",
+        std::process::id(),
+        DATA_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    command.env("TOLLGATE_STORAGE__DATA_DIR", data_dir);
     command
 }
 

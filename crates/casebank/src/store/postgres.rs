@@ -41,7 +41,7 @@ impl Default for PgOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_millis(250),
-            ef_search: 100,
+            ef_search: 200,
         }
     }
 }
@@ -311,6 +311,23 @@ impl CaseStore for PgCaseStore {
         }
         found.retain(|scored| scored.similarity >= query.min_similarity);
         Ok(found)
+    }
+
+    async fn nearest_each(&self, queries: &[NearestQuery]) -> StoreResult<Vec<Vec<ScoredCase>>> {
+        match queries {
+            // Retrieve's positives and negatives: two round trips at once.
+            [first, second] => {
+                let (first, second) = tokio::join!(self.nearest(first), self.nearest(second));
+                Ok(vec![first?, second?])
+            }
+            _ => {
+                let mut answers = Vec::with_capacity(queries.len());
+                for query in queries {
+                    answers.push(self.nearest(query).await?);
+                }
+                Ok(answers)
+            }
+        }
     }
 
     async fn stats(&self, tenant_opt: Option<&str>) -> StoreResult<CaseStats> {

@@ -180,24 +180,48 @@ fn decode(row: &SqliteRow) -> StoreResult<(Case, Vec<f32>)> {
     Ok((case, embedding))
 }
 
-/// Exact k-nearest over `cases`, run on a blocking thread by the caller.
-fn scan(cases: &[CachedCase], query: &NearestQuery) -> Vec<ScoredCase> {
-    let dims = query.embedding.len();
-    let mut hits: Vec<(f32, usize)> = cases
+/// Exact k-nearest over `cases` for each of `queries` (which share tenant and embedding), in
+/// one pass: each dot product is computed once, however many queries want it. The scan is
+/// bound by memory bandwidth (1.5 KB per case at 384 dimensions), so one pass instead of two
+/// halves Retrieve's cost when negatives are asked for. Runs on a blocking thread.
+fn scan(cases: &[CachedCase], queries: &[NearestQuery]) -> Vec<Vec<ScoredCase>> {
+    let Some(first) = queries.first() else {
+        return Vec::new();
+    };
+    let dims = first.embedding.len();
+    let mut hits: Vec<Vec<(f32, usize)>> = vec![Vec::new(); queries.len()];
+    for (i, cached) in cases.iter().enumerate() {
+        if cached.embedding.len() != dims {
+            continue;
+        }
+        let mut similarity_opt = None;
+        for (query, found) in queries.iter().zip(hits.iter_mut()) {
+            if !query.accepts(&cached.case) {
+                continue;
+            }
+            let similarity =
+                *similarity_opt.get_or_insert_with(|| dot(&cached.embedding, &first.embedding));
+            if f64::from(similarity) >= query.min_similarity {
+                found.push((similarity, i));
+            }
+        }
+    }
+    queries
         .iter()
-        .enumerate()
-        .filter(|(_, cached)| cached.embedding.len() == dims && query.accepts(&cached.case))
-        .map(|(i, cached)| (dot(&cached.embedding, &query.embedding), i))
-        .filter(|(similarity, _)| f64::from(*similarity) >= query.min_similarity)
-        .collect();
+        .zip(hits)
+        .map(|(query, hits)| top_k(cases, query.limit, hits))
+        .collect()
+}
+
+fn top_k(cases: &[CachedCase], limit: usize, mut hits: Vec<(f32, usize)>) -> Vec<ScoredCase> {
     let by_similarity = |a: &(f32, usize), b: &(f32, usize)| {
         b.0.total_cmp(&a.0)
             .then_with(|| cases[a.1].case.id.cmp(&cases[b.1].case.id))
     };
-    if hits.len() > query.limit && query.limit > 0 {
-        hits.select_nth_unstable_by(query.limit - 1, by_similarity);
+    if hits.len() > limit && limit > 0 {
+        hits.select_nth_unstable_by(limit - 1, by_similarity);
     }
-    hits.truncate(query.limit);
+    hits.truncate(limit);
     hits.sort_by(by_similarity);
     hits.into_iter()
         .map(|(similarity, i)| ScoredCase {
@@ -314,11 +338,33 @@ impl CaseStore for SqliteCaseStore {
     }
 
     async fn nearest(&self, query: &NearestQuery) -> StoreResult<Vec<ScoredCase>> {
-        let cases = self.tenant_cases(&query.tenant).await?;
-        let query = query.clone();
+        let mut answers = self.nearest_each(std::slice::from_ref(query)).await?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
+    async fn nearest_each(&self, queries: &[NearestQuery]) -> StoreResult<Vec<Vec<ScoredCase>>> {
+        let Some(first) = queries.first() else {
+            return Ok(Vec::new());
+        };
+        let shared = queries
+            .iter()
+            .all(|q| q.tenant == first.tenant && q.embedding == first.embedding);
+        if !shared {
+            let mut answers = Vec::with_capacity(queries.len());
+            for query in queries {
+                answers.push(
+                    self.nearest_each(std::slice::from_ref(query))
+                        .await?
+                        .concat(),
+                );
+            }
+            return Ok(answers);
+        }
+        let cases = self.tenant_cases(&first.tenant).await?;
+        let queries = queries.to_vec();
         tokio::task::spawn_blocking(move || {
             let cases = cases.read().map_err(|_| poisoned())?;
-            Ok(scan(&cases, &query))
+            Ok(scan(&cases, &queries))
         })
         .await
         .map_err(|e| StoreError::Internal(format!("search task failed: {e}")))?

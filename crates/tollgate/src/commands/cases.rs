@@ -74,7 +74,10 @@ pub fn run(args: CasesArgs) -> ExitCode {
     };
     match runtime.block_on(execute(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => fail(&error),
+        Err(error) => match error.downcast_ref::<tonic::Status>() {
+            Some(status) => fail(&format!("{:?}: {}", status.code(), status.message())),
+            None => fail(&error),
+        },
     }
 }
 
