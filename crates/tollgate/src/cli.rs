@@ -26,6 +26,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Target::All)]
         target: Target,
     },
+    /// List the provider-adapter's model catalog with prices and endpoint health.
+    Models(crate::commands::models::ModelsArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

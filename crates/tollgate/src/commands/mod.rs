@@ -1,0 +1,3 @@
+//! Client subcommands: each talks gRPC to a running service at `--addr`.
+
+pub mod models;
