@@ -4,7 +4,8 @@
 //! is sent (a) directly to it over HTTP with the adapter's own pooled client, and (b) through
 //! the adapter over gRPC (client → adapter → upstream). Reported: p50/p99 of both and their
 //! difference, at 1 and 64 concurrent requests, for unary calls and for the time to the first
-//! streamed chunk.
+//! streamed chunk. A trivial RPC (EstimateCost) over the same gRPC hop gives the floor that
+//! the hop alone costs.
 //!
 //! Run: `cargo bench --workspace --bench provider_adapter --profile dev` (the workspace is
 //! built in debug with dependencies at opt-level 1; see BENCHMARKS.md). `BENCH_REQUESTS`
@@ -240,6 +241,41 @@ async fn main() -> TestResult {
                 added(99.0),
             ));
         }
+    }
+    // The floor: a trivial RPC (EstimateCost, no upstream) over the same gRPC hop.
+    out.push_str(
+        "\n| gRPC hop alone (EstimateCost) | concurrency | p50 | p99 |\n|---|---|---|---|\n",
+    );
+    for concurrency in [1usize, 64] {
+        let per_task = (total / concurrency).max(1);
+        let c = channel.clone();
+        let floor = run(concurrency, move || {
+            let mut client = Client::new(c.clone());
+            async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let started = Instant::now();
+                    client
+                        .estimate_cost(pb::EstimateCostRequest {
+                            model: "fake-model".into(),
+                            usage: Some(pb::Usage {
+                                input_tokens: 100,
+                                output_tokens: 10,
+                                ..Default::default()
+                            }),
+                        })
+                        .await?;
+                    latencies.push(started.elapsed());
+                }
+                Ok(latencies)
+            }
+        })
+        .await?;
+        out.push_str(&format!(
+            "| | {concurrency} | {:.3} ms | {:.3} ms |\n",
+            percentile(&floor, 50.0).as_secs_f64() * 1e3,
+            percentile(&floor, 99.0).as_secs_f64() * 1e3,
+        ));
     }
     use std::io::Write;
     std::io::stdout().write_all(out.as_bytes())?;

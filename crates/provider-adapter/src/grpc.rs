@@ -350,13 +350,13 @@ impl ProviderAdapter for ProviderAdapterApi {
     ) -> Result<Response<pb::GenerateResponse>, Status> {
         let deadline = self.deadline(&request);
         let input = GenerateInput::try_from(request.into_inner())?;
-        let plan = self.service.plan(&input).await.map_err(|e| e.status())?;
+        let plan = self.service.plan(input).await.map_err(|e| e.status())?;
         let output = self
             .service
             .generate(&plan, deadline)
             .await
             .map_err(|e| e.status())?;
-        tracing::debug!(request_id = %input.request_id, model = %output.model.id, input_tokens = output.usage.input, output_tokens = output.usage.output, "generated");
+        tracing::debug!(request_id = %plan.request_id, model = %output.model.id, input_tokens = output.usage.input, output_tokens = output.usage.output, "generated");
         Ok(Response::new(pb::GenerateResponse {
             text: output.text,
             finish_reason: finish_to_proto(output.finish) as i32,
@@ -383,7 +383,7 @@ impl ProviderAdapter for ProviderAdapterApi {
         let input = GenerateInput::try_from(inner).map_err(|status| {
             Status::new(status.code(), format!("request.{}", status.message()))
         })?;
-        let plan = self.service.plan(&input).await.map_err(|e| {
+        let plan = self.service.plan(input).await.map_err(|e| {
             let status = e.status();
             match e {
                 AdapterError::InvalidArgument { .. } | AdapterError::UnknownModel { .. } => {

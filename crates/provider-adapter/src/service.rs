@@ -22,7 +22,7 @@ use crate::config::{LimitsConfig, ProviderAdapterConfig};
 use crate::error::{AdapterError, AdapterResult};
 use crate::providers::{
     self, ChatRequest, Completion, Embeddings, ErrorKind, FinishReason, Part, Provider,
-    ProviderError, StreamEvent, Usage, count_prompt_tokens,
+    ProviderError, StreamEvent, Usage, count_prompt_tokens, prompt_token_bound,
 };
 use crate::resilience::breaker::{Breaker, HealthSnapshot, Permit};
 use crate::resilience::retry::{NextStep, RetryPolicy};
@@ -111,11 +111,12 @@ pub struct EmbedOutput {
     pub cost: Usd,
 }
 
-/// A checked request: the models to try, each with its prompt size.
+/// A checked request: the models to try, in order, and the request.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    chain: Vec<(Arc<ModelEntry>, u64)>,
+    chain: Vec<Arc<ModelEntry>>,
     request: Arc<ChatRequest>,
+    pub request_id: String,
 }
 
 struct Endpoint {
@@ -212,7 +213,7 @@ impl AdapterService {
     /// Checks `input` against the catalog: the model exists, images go to vision models, the
     /// prompt fits the context window, max_tokens fits the model. Models of a fallback chain
     /// that cannot take the request are left out of it; the first model must take it.
-    pub async fn plan(&self, input: &GenerateInput) -> AdapterResult<Plan> {
+    pub async fn plan(&self, input: GenerateInput) -> AdapterResult<Plan> {
         let request = &input.request;
         let chain = self
             .catalog
@@ -308,33 +309,44 @@ impl AdapterService {
             .into_iter()
             .zip(counted)
             .filter(|(model, tokens)| *tokens <= model.context_window)
+            .map(|(model, _)| model)
             .collect();
         Ok(Plan {
             chain,
-            request: Arc::new(request.clone()),
+            request: Arc::new(input.request),
+            request_id: input.request_id,
         })
     }
 
-    /// The prompt's size for each model (once per tokenizer), off the runtime for big prompts.
+    /// The prompt's size for each model, exact where it matters: when a cheap upper bound (a
+    /// BPE token covers at least one byte) already fits the model's context window, the bound
+    /// is returned and nothing is tokenized; otherwise the prompt is counted with the model's
+    /// tokenizer (once per tokenizer, off the runtime for big prompts).
     async fn count_prompts(
         &self,
         models: &[Arc<ModelEntry>],
         request: &ChatRequest,
     ) -> AdapterResult<Vec<u64>> {
-        let text_bytes: usize = request
-            .messages
+        let bounds: Vec<u64> = models
             .iter()
-            .flat_map(|m| m.parts.iter())
-            .map(|p| match p {
-                Part::Text(text) => text.len(),
-                Part::Image(_) => 0,
-            })
-            .sum();
-        let count = |models: &[Arc<ModelEntry>], request: &ChatRequest| {
+            .map(|model| prompt_token_bound(model, request))
+            .collect();
+        if models
+            .iter()
+            .zip(&bounds)
+            .all(|(model, bound)| *bound <= model.context_window)
+        {
+            return Ok(bounds);
+        }
+        let count = |models: &[Arc<ModelEntry>], bounds: &[u64], request: &ChatRequest| {
             let mut by_tokenizer: HashMap<(String, bool), u64> = HashMap::new();
             models
                 .iter()
-                .map(|model| {
+                .zip(bounds)
+                .map(|(model, bound)| {
+                    if *bound <= model.context_window {
+                        return *bound;
+                    }
                     let key = (model.tokenizer_name.clone(), request.uses_token_ids(model));
                     *by_tokenizer
                         .entry(key)
@@ -342,11 +354,12 @@ impl AdapterService {
                 })
                 .collect::<Vec<u64>>()
         };
-        if text_bytes <= INLINE_COUNT_LIMIT {
-            return Ok(count(models, request));
+        let text_bytes = bounds.iter().copied().max().unwrap_or(0);
+        if text_bytes <= INLINE_COUNT_LIMIT as u64 {
+            return Ok(count(models, &bounds, request));
         }
         let (models, request) = (models.to_vec(), request.clone());
-        tokio::task::spawn_blocking(move || count(&models, &request))
+        tokio::task::spawn_blocking(move || count(&models, &bounds, &request))
             .await
             .map_err(|e| AdapterError::Internal(format!("token counting task failed: {e}")))
     }
@@ -354,9 +367,8 @@ impl AdapterService {
     /// One completion: the plan's chain tried in order until one answers.
     pub async fn generate(&self, plan: &Plan, deadline: Instant) -> AdapterResult<GenerateOutput> {
         let mut attempts = Vec::new();
-        let models: Vec<Arc<ModelEntry>> = plan.chain.iter().map(|(m, _)| Arc::clone(m)).collect();
         let (model, output, usage) = self
-            .run_unary(&models, deadline, &mut attempts, |model| {
+            .run_unary(&plan.chain, deadline, &mut attempts, |model| {
                 CallOwned::Generate(clamp(&plan.request, model))
             })
             .await
@@ -574,7 +586,7 @@ impl AdapterService {
     ) -> AdapterResult<()> {
         let mut attempts: Vec<AttemptRecord> = Vec::new();
         let mut last_error: Option<ProviderError> = None;
-        for (model, _) in &plan.chain {
+        for model in &plan.chain {
             let endpoint = self.endpoint(model)?;
             let request = clamp(&plan.request, model);
             let mut tries = 0;

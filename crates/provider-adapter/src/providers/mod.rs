@@ -133,6 +133,28 @@ pub fn count_prompt_tokens(model: &ModelEntry, request: &ChatRequest) -> u64 {
     total
 }
 
+/// An upper bound of [`count_prompt_tokens`] without tokenizing: a byte-level BPE token covers
+/// at least one byte.
+pub fn prompt_token_bound(model: &ModelEntry, request: &ChatRequest) -> u64 {
+    if request.uses_token_ids(model) {
+        return request.prompt_token_ids.len() as u64;
+    }
+    let mut total: u64 = 3;
+    for message in &request.messages {
+        total += 3;
+        for part in &message.parts {
+            total += match part {
+                Part::Text(text) => text.len() as u64,
+                Part::Image(_) => IMAGE_TOKEN_ESTIMATE,
+            };
+        }
+        if let Some(name) = &message.name {
+            total += 1 + name.len() as u64;
+        }
+    }
+    total
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FinishReason {
     #[default]
