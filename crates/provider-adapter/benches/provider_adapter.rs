@@ -184,7 +184,7 @@ async fn main() -> TestResult {
     )
     .await?;
     let channel = gateway.channel(ServiceTarget::ProviderAdapter)?;
-    let http = tollgate_provider_adapter::providers::http_client()?;
+    let http = tollgate_provider_adapter::providers::http_client(Duration::from_secs(2))?;
     let url = format!("{}/chat/completions", upstream.base_url());
 
     let mut out = String::new();

@@ -40,11 +40,9 @@ pub async fn build_service(
         .await
         .map_err(|e| ProviderAdapterStartError::Catalog(e.to_string()))?
         .map_err(ProviderAdapterStartError::Catalog)?;
-    let client = providers::http_client()
+    let service = service::AdapterService::new(config, catalog)
         .map_err(|e| ProviderAdapterStartError::HttpClient(e.to_string()))?;
-    Ok(Arc::new(service::AdapterService::new(
-        config, catalog, client,
-    )))
+    Ok(Arc::new(service))
 }
 
 /// Serves `tollgate.v1.ProviderAdapter` on `env.listener` until `env.shutdown` triggers, then drains.

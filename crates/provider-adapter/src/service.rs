@@ -147,29 +147,37 @@ enum CallOutput {
 }
 
 impl AdapterService {
-    pub fn new(config: &ProviderAdapterConfig, catalog: Catalog, client: reqwest::Client) -> Self {
-        let endpoints = catalog
-            .providers
-            .iter()
-            .map(|entry| {
-                let endpoint = Endpoint {
-                    provider: providers::build(Arc::clone(entry), client.clone()),
-                    entry: Arc::clone(entry),
-                    breaker: Breaker::new(
-                        &entry.name,
-                        config.breaker.failure_threshold,
-                        Duration::from_millis(config.breaker.cool_down_ms),
-                    ),
-                };
-                (entry.name.clone(), endpoint)
-            })
-            .collect();
-        Self {
+    /// Builds the endpoints. HTTP clients are shared: one per distinct connect timeout (reqwest
+    /// sets it per client), so every provider with the default timeout uses the same pool.
+    pub fn new(config: &ProviderAdapterConfig, catalog: Catalog) -> Result<Self, reqwest::Error> {
+        let mut clients: HashMap<Duration, reqwest::Client> = HashMap::new();
+        let mut endpoints = HashMap::new();
+        for entry in &catalog.providers {
+            let client = match clients.get(&entry.connect_timeout) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = providers::http_client(entry.connect_timeout)?;
+                    clients.insert(entry.connect_timeout, client.clone());
+                    client
+                }
+            };
+            let endpoint = Endpoint {
+                provider: providers::build(Arc::clone(entry), client),
+                entry: Arc::clone(entry),
+                breaker: Breaker::new(
+                    &entry.name,
+                    config.breaker.failure_threshold,
+                    Duration::from_millis(config.breaker.cool_down_ms),
+                ),
+            };
+            endpoints.insert(entry.name.clone(), endpoint);
+        }
+        Ok(Self {
             catalog: Arc::new(catalog),
             endpoints,
             policy: RetryPolicy::new(&config.retry),
             limits: config.limits.clone(),
-        }
+        })
     }
 
     pub fn catalog(&self) -> &Catalog {

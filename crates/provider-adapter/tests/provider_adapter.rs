@@ -1093,3 +1093,72 @@ async fn a_missing_key_falls_back_without_calling_upstream() -> TestResult {
     assert_eq!(keyed.request_count(), 0);
     harness.stop().await
 }
+
+#[tokio::test]
+async fn a_failing_mock_falls_back_to_a_healthy_one() -> TestResult {
+    let mut config = ProviderAdapterConfig::default();
+    let mut broken = tollgate_provider_adapter::config::ProviderConfig::mock("broken-mock");
+    broken.mock_failure_percent = 100;
+    config.providers.push(broken);
+    let mut flaky_model = config.models[1].clone();
+    flaky_model.id = "flaky-cheap".into();
+    flaky_model.provider = "broken-mock".into();
+    config.models.push(flaky_model);
+    config.groups = vec![tollgate_provider_adapter::config::GroupConfig::new(
+        "resilient",
+        &["flaky-cheap", "mock-cheap"],
+    )];
+    config.retry.max_attempts_per_model = 1;
+    let mut harness = Harness::start(config).await?;
+    let answer = harness
+        .client
+        .generate(request("resilient", "hi"))
+        .await?
+        .into_inner();
+    assert_eq!(answer.model, "mock-cheap");
+    assert_eq!(answer.attempts[0].http_status, 503);
+    assert_eq!(answer.attempts[0].error_kind, "upstream_5xx");
+    harness.stop().await
+}
+
+#[tokio::test]
+async fn provider_stream_errors_before_and_after_text() -> TestResult {
+    let ant = FakeUpstream::start(FakeKind::Anthropic).await?;
+    let gem = FakeUpstream::start(FakeKind::Gemini).await?;
+    let mut config = catalog(vec![
+        provider("ant", &ant, Some("k1"))?,
+        provider("gem", &gem, Some("k2"))?,
+    ]);
+    config.retry.max_attempts_per_model = 1;
+    let mut harness = Harness::start(config).await?;
+
+    // Anthropic's `error` event (overloaded) before any text: the stream falls back to Gemini.
+    ant.push(FakeReply::sse(vec![
+        tollgate_test_support::fake_upstream::sse_frame(
+            Some("error"),
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ),
+    ]));
+    let (deltas, end, status) = harness.stream(request("chain", "hi")).await?;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(deltas.concat(), DEFAULT_ANSWER);
+    let end = end.ok_or("no end")?;
+    assert_eq!(end.model, "gem-model");
+    assert_eq!(end.attempts[0].error_kind, "upstream_5xx");
+
+    // Gemini cut after its first chunk (no finishReason): interrupted, never sent elsewhere.
+    let mut frames =
+        tollgate_test_support::fake_upstream::gemini_stream(&split_words("one two three"), None);
+    frames.truncate(1);
+    gem.push(FakeReply::sse(frames));
+    let (deltas, end, status) = harness.stream(request("gem-model", "hi")).await?;
+    assert_eq!(deltas.concat(), "one ");
+    let end = end.ok_or("no end")?;
+    assert_eq!(end.text, "one ");
+    assert_eq!(
+        statuses(&end.attempts),
+        vec![("gem-model".into(), Interrupted)]
+    );
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unavailable));
+    harness.stop().await
+}

@@ -441,8 +441,9 @@ pub fn build(provider: Arc<ProviderEntry>, client: reqwest::Client) -> Arc<dyn P
     }
 }
 
-/// The one HTTP client of the process: pooled connections, TCP_NODELAY, rustls with ring.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+/// An HTTP client for upstreams: pooled connections, TCP_NODELAY, rustls with ring. Build one
+/// per connect timeout and share it (a client is a connection pool).
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     // The binary installs ring at start-up; tests and benchmarks that start the service
     // in-process get it here. Installing twice is refused harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -450,7 +451,7 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(connect_timeout)
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .build()
 }
