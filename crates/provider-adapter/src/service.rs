@@ -188,10 +188,6 @@ impl AdapterService {
         &self.policy
     }
 
-    pub fn limits(&self) -> &LimitsConfig {
-        &self.limits
-    }
-
     pub fn health(&self, provider: &str) -> Option<HealthSnapshot> {
         self.endpoints.get(provider).map(|e| e.breaker.snapshot())
     }

@@ -1162,3 +1162,30 @@ async fn provider_stream_errors_before_and_after_text() -> TestResult {
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unavailable));
     harness.stop().await
 }
+
+#[tokio::test]
+async fn rate_limited_everywhere_is_resource_exhausted_with_the_delay() -> TestResult {
+    let upstream = FakeUpstream::start(FakeKind::OpenAi).await?;
+    let mut harness = Harness::start(catalog(vec![provider("o", &upstream, None)?])).await?;
+    upstream.push(FakeReply::rate_limited(FakeKind::OpenAi, 60));
+    let status = harness
+        .client
+        .generate(request("o-model", "hi"))
+        .await
+        .err()
+        .ok_or("no error")?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status
+            .metadata()
+            .get(tollgate_kit::error::RETRY_AFTER_MS_METADATA)
+            .and_then(|v| v.to_str().ok()),
+        Some("60000")
+    );
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "a minute is too long to wait: no retry"
+    );
+    harness.stop().await
+}
