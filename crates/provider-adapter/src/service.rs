@@ -761,12 +761,11 @@ impl AdapterService {
         items_tx: &mpsc::Sender<Result<StreamItem, AdapterError>>,
     ) -> AttemptOutcome {
         let open_timeout = first_token_by.saturating_duration_since(Instant::now());
-        let mut events = match tokio::time::timeout(
-            open_timeout,
-            endpoint.provider.stream(model, request),
-        )
-        .await
-        {
+        let opened = tokio::select! {
+            () = items_tx.closed() => return AttemptOutcome::CallerGone,
+            opened = tokio::time::timeout(open_timeout, endpoint.provider.stream(model, request)) => opened,
+        };
+        let mut events = match opened {
             Ok(Ok(events)) => events,
             Ok(Err(error)) => return AttemptOutcome::FailedBeforeFirstToken(error),
             Err(_) => return AttemptOutcome::FailedBeforeFirstToken(timeout_error(open_timeout)),
@@ -783,9 +782,14 @@ impl AdapterService {
                 first_token_by
             };
             let wait = until.saturating_duration_since(now);
-            let next = match tokio::time::timeout(wait, events.next()).await {
-                Ok(next) => next,
-                Err(_) => Some(Err(timeout_error(wait))),
+            // A caller that hangs up stops the upstream call at once (its connection goes back
+            // to the pool or is closed) instead of at the next chunk.
+            let next = tokio::select! {
+                () = items_tx.closed() => return AttemptOutcome::CallerGone,
+                next = tokio::time::timeout(wait, events.next()) => match next {
+                    Ok(next) => next,
+                    Err(_) => Some(Err(timeout_error(wait))),
+                },
             };
             match next {
                 None => {
