@@ -3,10 +3,12 @@
 //! and find the tools (grpcurl) that `make test` installs.
 //!
 //! - [`postgres`]: a fresh database per test on `DATABASE_URL`;
-//! - [`redis`]: `REDIS_URL` and a key prefix per test.
+//! - [`redis`]: `REDIS_URL` and a key prefix per test;
+//! - [`fake_upstream`]: fake LLM provider APIs (OpenAI, Anthropic, Gemini wire formats).
 //!
 //! Used by the system tests in `tests/` and by service crates' own tests; never by production code.
 
+pub mod fake_upstream;
 pub mod postgres;
 pub mod redis;
 

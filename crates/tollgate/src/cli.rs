@@ -34,6 +34,8 @@ pub enum Command {
     Eval(crate::commands::eval::EvalArgs),
     /// The case bank: add a case, search similar ones, stats.
     Cases(crate::commands::cases::CasesArgs),
+    /// List the provider-adapter's model catalog with prices and endpoint health.
+    Models(crate::commands::models::ModelsArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

@@ -13,6 +13,9 @@ use tollgate_kit::shutdown::Shutdown;
 const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for every HTTPS client of the process (the provider-adapter's
+    // upstream calls): ring, installed before anything builds a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let config: Config = match tollgate_kit::config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
         Command::Budget(args) => tollgate::commands::budget::run(args),
         Command::Eval(args) => tollgate::commands::eval::run(args),
         Command::Cases(args) => tollgate::commands::cases::run(args),
+        Command::Models(args) => tollgate::commands::models::run(&config, &args),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod cases;
 pub mod eval;
+pub mod models;
 pub mod spend;
 
 /// Runs a client command on a small runtime of its own; errors go to stderr with exit code 1.

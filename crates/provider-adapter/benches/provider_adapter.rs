@@ -1,0 +1,283 @@
+//! Added latency of the provider-adapter over calling the upstream directly.
+//!
+//! A fake OpenAI-compatible upstream (tollgate-test-support) answers at once. The same request
+//! is sent (a) directly to it over HTTP with the adapter's own pooled client, and (b) through
+//! the adapter over gRPC (client → adapter → upstream). Reported: p50/p99 of both and their
+//! difference, at 1 and 64 concurrent requests, for unary calls and for the time to the first
+//! streamed chunk. A trivial RPC (EstimateCost) over the same gRPC hop gives the floor that
+//! the hop alone costs.
+//!
+//! Run: `cargo bench --workspace --bench provider_adapter --profile dev` (the workspace is
+//! built in debug with dependencies at opt-level 1; see BENCHMARKS.md). `BENCH_REQUESTS`
+//! sets the number of measured requests per case (default 2000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tollgate::config::Config;
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::provider_adapter_client::ProviderAdapterClient;
+use tollgate_provider_adapter::config::{
+    ModelConfig, ProviderAdapterConfig, ProviderConfig, ProviderKind, TierName,
+};
+use tollgate_test_support::fake_upstream::{FakeKind, FakeUpstream};
+use tollgate_test_support::{ServiceTarget, TestGateway, TestResult};
+
+type Client = ProviderAdapterClient<tollgate_kit::grpc::client::TracedChannel>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unary,
+    FirstChunk,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn direct_once(http: &reqwest::Client, url: &str, mode: Mode) -> TestResult<Duration> {
+    let mut body = json!({
+        "model": "fake-upstream",
+        "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+    });
+    if mode == Mode::FirstChunk {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({ "include_usage": true });
+    }
+    let started = Instant::now();
+    let response = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body)?)
+        .send()
+        .await?;
+    match mode {
+        Mode::Unary => {
+            let bytes: bytes::Bytes = response.bytes().await?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+            if value.pointer("/choices/0/message/content").is_none() {
+                return Err("no content".into());
+            }
+            Ok(started.elapsed())
+        }
+        Mode::FirstChunk => {
+            let mut chunks = response.bytes_stream();
+            let mut seen = Vec::new();
+            let mut first = None;
+            while let Some(chunk) = chunks.next().await {
+                let chunk: bytes::Bytes = chunk?;
+                seen.extend_from_slice(&chunk);
+                if first.is_none()
+                    && seen.windows(11).any(|w| w == b"\"content\":\"")
+                    && seen.windows(5).any(|w| w == b"Hello")
+                {
+                    first = Some(started.elapsed());
+                }
+            }
+            first.ok_or_else(|| "no content chunk".into())
+        }
+    }
+}
+
+async fn adapter_once(client: &mut Client, mode: Mode) -> TestResult<Duration> {
+    let request = pb::GenerateRequest {
+        model: "fake-model".into(),
+        messages: vec![pb::Message {
+            role: pb::Role::User as i32,
+            text: "What is the capital of France?".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let started = Instant::now();
+    match mode {
+        Mode::Unary => {
+            let answer = client.generate(request).await?.into_inner();
+            if answer.text.is_empty() {
+                return Err("empty answer".into());
+            }
+            Ok(started.elapsed())
+        }
+        Mode::FirstChunk => {
+            let mut events = client
+                .generate_stream(pb::GenerateStreamRequest {
+                    request: Some(request),
+                })
+                .await?
+                .into_inner();
+            let mut first = None;
+            while let Some(event) = events.next().await {
+                if let Some(pb::generate_stream_response::Event::Delta(_)) = event?.event
+                    && first.is_none()
+                {
+                    first = Some(started.elapsed());
+                }
+            }
+            first.ok_or_else(|| "no delta".into())
+        }
+    }
+}
+
+/// Latencies of every request of `concurrency` tasks, sorted.
+async fn run<F, Fut>(concurrency: usize, make: F) -> TestResult<Vec<Duration>>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = TestResult<Vec<Duration>>> + Send + 'static,
+{
+    let make = Arc::new(make);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let make = Arc::clone(&make);
+        tasks.spawn(async move { make().await });
+    }
+    let mut all = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.map_err(|e| e.to_string())??);
+    }
+    all.sort();
+    Ok(all)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> TestResult {
+    let total: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let upstream = FakeUpstream::start(FakeKind::OpenAi).await?;
+    let adapter = ProviderAdapterConfig {
+        providers: vec![ProviderConfig::new(
+            "fake",
+            ProviderKind::Openai,
+            &upstream.base_url(),
+        )],
+        models: vec![ModelConfig {
+            id: "fake-model".into(),
+            provider: "fake".into(),
+            upstream_model: Some("fake-upstream".into()),
+            tier: TierName::Cheap,
+            capabilities: Vec::new(),
+            context_window: 128_000,
+            max_output_tokens: 4_096,
+            input_per_mtok_usd: "0.15".into(),
+            output_per_mtok_usd: "0.6".into(),
+            cached_input_per_mtok_usd: None,
+            cache_write_per_mtok_usd: None,
+            tokenizer: "o200k_base".into(),
+            embedding_dimensions: None,
+        }],
+        groups: Vec::new(),
+        ..ProviderAdapterConfig::default()
+    };
+    let gateway = TestGateway::start_with(
+        Config {
+            provider_adapter: adapter,
+            ..Config::default()
+        },
+        ServiceTarget::ProviderAdapter,
+    )
+    .await?;
+    let channel = gateway.channel(ServiceTarget::ProviderAdapter)?;
+    let http = tollgate_provider_adapter::providers::http_client(Duration::from_secs(2))?;
+    let url = format!("{}/chat/completions", upstream.base_url());
+
+    let mut out = String::new();
+    out.push_str("| mode | concurrency | direct p50 | direct p99 | via adapter p50 | via adapter p99 | added p50 | added p99 |\n|---|---|---|---|---|---|---|---|\n");
+    for mode in [Mode::Unary, Mode::FirstChunk] {
+        for concurrency in [1usize, 64] {
+            let per_task = (total / concurrency).max(1);
+            // Warm-up: connections, tokenizer, allocator.
+            for _ in 0..50 {
+                direct_once(&http, &url, mode).await?;
+                adapter_once(&mut Client::new(channel.clone()), mode).await?;
+            }
+            let (h, u) = (http.clone(), url.clone());
+            let direct = run(concurrency, move || {
+                let (h, u) = (h.clone(), u.clone());
+                async move {
+                    let mut latencies = Vec::with_capacity(per_task);
+                    for _ in 0..per_task {
+                        latencies.push(direct_once(&h, &u, mode).await?);
+                    }
+                    Ok(latencies)
+                }
+            })
+            .await?;
+            let c = channel.clone();
+            let via = run(concurrency, move || {
+                let mut client = Client::new(c.clone());
+                async move {
+                    let mut latencies = Vec::with_capacity(per_task);
+                    for _ in 0..per_task {
+                        latencies.push(adapter_once(&mut client, mode).await?);
+                    }
+                    Ok(latencies)
+                }
+            })
+            .await?;
+            let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
+            let added = |p: f64| {
+                let (a, b) = (percentile(&via, p), percentile(&direct, p));
+                format!("{:.3} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1e3)
+            };
+            out.push_str(&format!(
+                "| {} | {concurrency} | {} | {} | {} | {} | {} | {} |\n",
+                if mode == Mode::Unary {
+                    "unary"
+                } else {
+                    "first chunk"
+                },
+                ms(percentile(&direct, 50.0)),
+                ms(percentile(&direct, 99.0)),
+                ms(percentile(&via, 50.0)),
+                ms(percentile(&via, 99.0)),
+                added(50.0),
+                added(99.0),
+            ));
+        }
+    }
+    // The floor: a trivial RPC (EstimateCost, no upstream) over the same gRPC hop.
+    out.push_str(
+        "\n| gRPC hop alone (EstimateCost) | concurrency | p50 | p99 |\n|---|---|---|---|\n",
+    );
+    for concurrency in [1usize, 64] {
+        let per_task = (total / concurrency).max(1);
+        let c = channel.clone();
+        let floor = run(concurrency, move || {
+            let mut client = Client::new(c.clone());
+            async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let started = Instant::now();
+                    client
+                        .estimate_cost(pb::EstimateCostRequest {
+                            model: "fake-model".into(),
+                            usage: Some(pb::Usage {
+                                input_tokens: 100,
+                                output_tokens: 10,
+                                ..Default::default()
+                            }),
+                        })
+                        .await?;
+                    latencies.push(started.elapsed());
+                }
+                Ok(latencies)
+            }
+        })
+        .await?;
+        out.push_str(&format!(
+            "| | {concurrency} | {:.3} ms | {:.3} ms |\n",
+            percentile(&floor, 50.0).as_secs_f64() * 1e3,
+            percentile(&floor, 99.0).as_secs_f64() * 1e3,
+        ));
+    }
+    use std::io::Write;
+    std::io::stdout().write_all(out.as_bytes())?;
+    gateway.stop().await
+}
