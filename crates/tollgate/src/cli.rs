@@ -26,6 +26,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Target::All)]
         target: Target,
     },
+    /// Token-cache client commands (`cache stats`).
+    Cache(crate::commands::cache::CacheArgs),
+    /// Print the token IDs of a file or stdin; needs no running server.
+    Tokenize(crate::commands::tokenize::TokenizeArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

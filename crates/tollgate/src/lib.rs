@@ -5,5 +5,6 @@
 //! `main.rs` stays thin: parse the command line, load config, start telemetry, call into here.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod serve;

@@ -20,6 +20,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { target } => serve(config, target),
+        Command::Cache(args) => tollgate::commands::cache::run(args, &config),
+        Command::Tokenize(args) => tollgate::commands::tokenize::run(args, &config),
     }
 }
 

@@ -1,0 +1,4 @@
+//! Client subcommands of the `tollgate` binary, one module each.
+
+pub mod cache;
+pub mod tokenize;
