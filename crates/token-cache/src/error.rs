@@ -26,9 +26,10 @@ pub enum TokenCacheError {
         collection: String,
         id: String,
     },
-    /// Registered documents live in Redis; while it is unreachable references cannot be resolved.
+    /// Registered documents live in Redis; while it is unreachable they can be neither stored,
+    /// resolved nor removed.
     #[error(
-        "{field}: registered documents are unavailable while Redis is unreachable; pass the text inline"
+        "{field}: the document store (Redis) is unreachable; retry later, or pass document text inline"
     )]
     DocumentsUnavailable { field: String },
     #[error("internal error: {0}")]
