@@ -304,3 +304,33 @@ async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
     redis.stop();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_redis_that_never_answers_costs_one_budget_and_the_request_succeeds() -> TestResult {
+    // Accepts connections and never replies: the worst kind of slow.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let service = TokenCacheService::new(
+        default_budget("silent:"),
+        Some(&format!("redis://127.0.0.1:{port}")),
+    )?;
+    for text in ["Slow Redis, first request.", "Slow Redis, second request."] {
+        let context = service.get_context(request("kb", &[text])).await?;
+        assert_eq!(context.token_ids, fresh(text));
+        assert_eq!(l2(&context), vec![LayerOutcome::Error]);
+    }
+    let stats = service.stats().await;
+    assert_eq!(
+        stats.l2.errors, 2,
+        "one failed GET per request; no SET after a failed GET"
+    );
+    assert!(!stats.l2.available);
+    silent.abort();
+    Ok(())
+}
