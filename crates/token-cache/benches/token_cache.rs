@@ -70,7 +70,7 @@ fn documents(
         while doc_tokens < tokens {
             let next = lines[line % lines.len()];
             line += 1;
-            doc_tokens += tokenizer.encode(next).len() + 1;
+            doc_tokens += tokenizer.encode(next).map_or(0, |ids| ids.len()) + 1;
             doc.push_str(next);
             doc.push('\n');
         }
@@ -154,7 +154,7 @@ async fn run() -> BenchResult {
     let quick =
         !std::env::args().any(|arg| arg == "--bench") || std::env::var_os("BENCH_QUICK").is_some();
     let (prose, corpus) = corpus()?;
-    let registry = TokenizerRegistry::new(&Default::default())?;
+    let registry = TokenizerRegistry::builtin();
     let tokenizer = registry.resolve("cl100k_base")?;
     let prefix = format!("tollgate-bench:{}:", std::process::id());
     let mut out = std::io::stdout().lock();
@@ -187,7 +187,7 @@ async fn run() -> BenchResult {
             let docs = documents(&corpus, &tokenizer, count, tokens, 1000 + variant);
             let assembled = docs.join("\n\n");
             let started = Instant::now();
-            let fresh = tokenizer.encode(&assembled);
+            let fresh = tokenizer.encode(&assembled)?;
             row.fresh.0.push(started.elapsed());
             let started = Instant::now();
             let context = writer.get_context(request(&docs)).await?;
@@ -236,7 +236,7 @@ async fn run() -> BenchResult {
         for variant in 0..misses {
             let docs = documents(&corpus, &tokenizer, count, tokens, 5000 + variant);
             let started = Instant::now();
-            let _ = tokenizer.encode(&docs.join("\n\n"));
+            let _ = tokenizer.encode(&docs.join("\n\n"))?;
             row.fresh.0.push(started.elapsed());
             let request = grpc_request(&docs);
             let started = Instant::now();
@@ -311,7 +311,7 @@ async fn run() -> BenchResult {
         ("README.md (prose)", prose.as_str()),
         ("repository (prose + code)", corpus.as_str()),
     ] {
-        let ids = tokenizer.encode(text);
+        let ids = tokenizer.encode(text)?;
         let value = tollgate_token_cache::codec::encode(
             &[0; 32],
             &tollgate_token_cache::codec::SegmentTokens {
@@ -335,8 +335,8 @@ async fn run() -> BenchResult {
         out,
         "\n| encoding | documents | joins cut exactly (default separator \\n\\n) | segments per context |\n|---|---|---|---|"
     )?;
-    for name in TokenizerRegistry::names() {
-        let tokenizer = registry.resolve(name)?;
+    for name in registry.names() {
+        let tokenizer = registry.resolve(&name)?;
         let mut joins = 0;
         let mut cut = 0;
         let mut segments = 0;

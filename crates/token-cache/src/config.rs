@@ -33,6 +33,9 @@ pub struct TokenCacheConfig {
     pub blocking_threshold_bytes: usize,
     /// Catalog model id -> tokenizer name, so callers may pass the model they are about to call.
     pub models: BTreeMap<String, String>,
+    /// Hugging Face tokenizers (`tokenizer.json`) for open models: `[[token_cache.tokenizers]]`
+    /// with `name` and `path`.
+    pub tokenizers: Vec<crate::tokenizer::TokenizerFile>,
 }
 
 impl Default for TokenCacheConfig {
@@ -48,6 +51,7 @@ impl Default for TokenCacheConfig {
             max_document_bytes: 4 * 1024 * 1024,
             blocking_threshold_bytes: 2048,
             models: BTreeMap::new(),
+            tokenizers: Vec::new(),
         }
     }
 }

@@ -83,13 +83,18 @@ impl<'a> Assembly<'a> {
 
     /// Cuts the context into segments: at each join, at the first exact cut position the rule
     /// allows (after the separator for newline rules, before it for whitespace rules), or not at all.
-    pub fn plan(&self, tokenizer_id: &str, rule: CutRule) -> Vec<SegmentPlan> {
+    pub fn plan(&self, tokenizer_id: &str, rule: Option<CutRule>) -> Vec<SegmentPlan> {
         let parts = self.part_count();
         if parts == 0 {
             return Vec::new();
         }
         let mut cuts = Vec::new();
-        for join in 0..self.texts.len().saturating_sub(1) {
+        let joins = match rule {
+            Some(_) => self.texts.len().saturating_sub(1),
+            None => 0,
+        };
+        for join in 0..joins {
+            let Some(rule) = rule else { break };
             let before_separator = 2 * join + 1;
             let after_separator = 2 * join + 2;
             let candidates = match rule {
@@ -139,15 +144,13 @@ impl<'a> Assembly<'a> {
     }
 }
 
-/// For each byte offset (ascending), the number of tokens that start before it: the index of the
-/// first token of a document that starts at that offset.
-pub fn token_starts(token_byte_lengths: &[usize], byte_offsets: &[usize]) -> Vec<u32> {
+/// For each byte offset (ascending), the number of tokens that start before it (given each
+/// token's start byte, ascending): the index of the first token of a document starting there.
+pub fn token_starts(token_start_bytes: &[usize], byte_offsets: &[usize]) -> Vec<u32> {
     let mut starts = Vec::with_capacity(byte_offsets.len());
     let mut index = 0;
-    let mut token_start = 0;
     for offset in byte_offsets {
-        while index < token_byte_lengths.len() && token_start < *offset {
-            token_start += token_byte_lengths[index];
+        while index < token_start_bytes.len() && token_start_bytes[index] < *offset {
             index += 1;
         }
         starts.push(index as u32);
@@ -168,13 +171,13 @@ mod tests {
             hashes: &hash_refs,
             separator: "\n\n",
         };
-        let plans = assembly.plan("t", CutRule::AfterNewline);
+        let plans = assembly.plan("t", Some(CutRule::AfterNewline));
         // "one.\n\n" | "two\n\n\nthree": the third document starts with a newline, so no cut there.
         assert_eq!(plans.len(), 2);
         assert_eq!(plans[0].parts, 0..2);
         assert_eq!(plans[1].parts, 2..5);
         assert_eq!(plans[1].documents, vec![(1, 0), (2, 5)]);
-        let plans = assembly.plan("t", CutRule::BeforeWhitespace);
+        let plans = assembly.plan("t", Some(CutRule::BeforeWhitespace));
         // "one." | "\n\ntwo" | "\n\n three"
         assert_eq!(plans.len(), 3);
         assert_eq!(plans[1].parts, 1..3);
@@ -191,13 +194,13 @@ mod tests {
             hashes: &a,
             separator: "\n\n",
         }
-        .plan("t", CutRule::AfterNewline);
+        .plan("t", Some(CutRule::AfterNewline));
         let second = Assembly {
             texts: &["x", "z"],
             hashes: &b,
             separator: "\n\n",
         }
-        .plan("t", CutRule::AfterNewline);
+        .plan("t", Some(CutRule::AfterNewline));
         assert_eq!(first[0].key, second[0].key);
         assert_ne!(first[1].key, second[1].key);
         let other_tokenizer = Assembly {
@@ -205,13 +208,13 @@ mod tests {
             hashes: &a,
             separator: "\n\n",
         }
-        .plan("u", CutRule::AfterNewline);
+        .plan("u", Some(CutRule::AfterNewline));
         assert_ne!(first[0].key, other_tokenizer[0].key);
     }
 
     #[test]
     fn token_starts_count_tokens_starting_before_each_offset() {
         // tokens cover bytes [0,3) [3,5) [5,9)
-        assert_eq!(token_starts(&[3, 2, 4], &[0, 3, 4, 9]), vec![0, 1, 2, 3]);
+        assert_eq!(token_starts(&[0, 3, 5], &[0, 3, 4, 9]), vec![0, 1, 2, 3]);
     }
 }

@@ -237,8 +237,8 @@ impl TokenCacheService {
         config: TokenCacheConfig,
         redis_url_opt: Option<&str>,
     ) -> Result<Self, crate::TokenCacheStartError> {
-        let registry = TokenizerRegistry::new(&config.models)
-            .map_err(|e| crate::TokenCacheStartError::Config(format!("models: {e}")))?;
+        let registry = TokenizerRegistry::new(&config.models, &config.tokenizers)
+            .map_err(crate::TokenCacheStartError::Config)?;
         let counters = Arc::new(Counters::default());
         let listener_counters = counters.clone();
         let l1 = Cache::builder()
@@ -340,7 +340,9 @@ impl TokenCacheService {
                 .iter()
                 .map(|plan| self.segment(&tokenizer, &assembly, plan, ttl)),
         )
-        .await;
+        .await
+        .into_iter()
+        .collect::<TokenCacheResult<Vec<_>>>()?;
 
         let total: usize = loaded
             .iter()
@@ -478,30 +480,31 @@ impl TokenCacheService {
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
         ttl: Duration,
-    ) -> (Arc<CachedSegment>, LayerOutcome, LayerOutcome) {
+    ) -> TokenCacheResult<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)> {
         let started = Instant::now();
         if let Some(segment) = self.l1.get(&plan.key).await {
             self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
             record_lookup("l1", "hit", started);
-            return (segment, LayerOutcome::Hit, LayerOutcome::Skipped);
+            return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
         }
         self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
         record_lookup("l1", "miss", started);
         let loaded_here = AtomicBool::new(false);
         let segment = self
             .l1
-            .get_with(plan.key, async {
+            .try_get_with(plan.key, async {
                 loaded_here.store(true, Ordering::Relaxed);
                 self.load(tokenizer, assembly, plan, ttl).await
             })
-            .await;
+            .await
+            .map_err(|error| (*error).clone())?;
         // Requests that waited for another's load got its value without asking L2 themselves.
         let l2 = if loaded_here.load(Ordering::Relaxed) {
             segment.l2
         } else {
             LayerOutcome::Skipped
         };
-        (segment, LayerOutcome::Miss, l2)
+        Ok((segment, LayerOutcome::Miss, l2))
     }
 
     async fn load(
@@ -510,7 +513,7 @@ impl TokenCacheService {
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
         ttl: Duration,
-    ) -> Arc<CachedSegment> {
+    ) -> TokenCacheResult<Arc<CachedSegment>> {
         let mut l2 = LayerOutcome::Skipped;
         if let Some(redis) = &self.redis {
             let started = Instant::now();
@@ -519,11 +522,11 @@ impl TokenCacheService {
                     Ok(tokens) if fits(&tokens, plan) => {
                         self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
                         record_lookup("l2", "hit", started);
-                        return self.admit(CachedSegment {
+                        return Ok(self.admit(CachedSegment {
                             tokens,
                             ttl,
                             l2: LayerOutcome::Hit,
-                        });
+                        }));
                     }
                     Ok(_) | Err(_) => {
                         tracing::warn!(key = %hex::encode(plan.key), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
@@ -540,7 +543,7 @@ impl TokenCacheService {
                 Err(_) => l2 = LayerOutcome::Error,
             }
         }
-        let tokens = self.tokenize_segment(tokenizer, assembly, plan).await;
+        let tokens = self.tokenize_segment(tokenizer, assembly, plan).await?;
         self.counters
             .tokens_tokenized
             .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
@@ -571,7 +574,7 @@ impl TokenCacheService {
                 }
             }
         }
-        self.admit(CachedSegment { tokens, ttl, l2 })
+        Ok(self.admit(CachedSegment { tokens, ttl, l2 }))
     }
 
     /// Counts a value about to enter L1 (the eviction listener subtracts it again).
@@ -596,17 +599,18 @@ impl TokenCacheService {
         tokenizer: &Arc<Tokenizer>,
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
-    ) -> SegmentTokens {
+    ) -> TokenCacheResult<SegmentTokens> {
         let text = assembly.text(plan.parts.clone());
         let run_inline = text.len() < self.config.blocking_threshold_bytes;
         let offsets: Vec<usize> = plan.documents.iter().map(|(_, offset)| *offset).collect();
         let work = {
             let tokenizer = tokenizer.clone();
             move || {
-                let ids = tokenizer.encode(&text);
-                let lengths = tokenizer.token_byte_lengths(&ids);
-                let doc_starts = token_starts(&lengths, &offsets);
-                SegmentTokens { ids, doc_starts }
+                let (ids, starts) = tokenizer
+                    .encode_with_starts(&text)
+                    .map_err(|error| TokenCacheError::invalid("tokenizer", error.to_string()))?;
+                let doc_starts = token_starts(&starts, &offsets);
+                Ok(SegmentTokens { ids, doc_starts })
             }
         };
         if run_inline {
@@ -665,7 +669,7 @@ impl TokenCacheService {
                         separator: DEFAULT_SEPARATOR,
                     };
                     for plan in assembly.plan(tokenizer.id(), tokenizer.cut_rule()) {
-                        self.segment(tokenizer, &assembly, &plan, ttl).await;
+                        self.segment(tokenizer, &assembly, &plan, ttl).await?;
                     }
                 }
             }

@@ -83,13 +83,28 @@ impl CutRule {
     }
 }
 
+/// How a tokenizer tokenizes.
+enum Backend {
+    Tiktoken(&'static CoreBPE),
+    HuggingFace(Box<tokenizers::Tokenizer>),
+}
+
+/// Why a text could not be tokenized (Hugging Face models can refuse input, e.g. a word-level
+/// vocabulary without an unknown token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tokenizer {tokenizer}: {reason}")]
+pub struct TokenizeError {
+    pub tokenizer: String,
+    pub reason: String,
+}
+
 /// One tokenizer, ready to use; shared by every request (cheap to clone through `Arc`).
 pub struct Tokenizer {
     name: String,
     id: String,
     kind: &'static str,
-    bpe: &'static CoreBPE,
-    cut_rule: CutRule,
+    backend: Backend,
+    cut_rule: Option<CutRule>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -111,29 +126,82 @@ impl Tokenizer {
         &self.id
     }
 
-    /// "tiktoken" (Hugging Face tokenizers would be "huggingface").
+    /// "tiktoken" or "huggingface".
     pub fn kind(&self) -> &'static str {
         self.kind
     }
 
-    pub fn cut_rule(&self) -> CutRule {
+    /// Where contexts may be cut into separately cached segments; None: nowhere (Hugging Face
+    /// tokenizers, whose pre-tokenizers and normalizers are arbitrary: their contexts are cached
+    /// whole, which is always exact).
+    pub fn cut_rule(&self) -> Option<CutRule> {
         self.cut_rule
     }
 
-    pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.bpe.encode_ordinary(text)
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        match &self.backend {
+            Backend::Tiktoken(bpe) => Ok(bpe.encode_ordinary(text)),
+            Backend::HuggingFace(tokenizer) => tokenizer
+                .encode(text, false)
+                .map(|encoding| encoding.get_ids().to_vec())
+                .map_err(|e| self.error(e.to_string())),
+        }
     }
 
-    /// The byte length of each token's text, in order (a token may hold part of a UTF-8
-    /// character, so these are bytes, not characters).
-    pub fn token_byte_lengths(&self, ids: &[u32]) -> Vec<usize> {
-        ids.iter()
-            .map(|id| {
-                self.bpe
-                    .decode_bytes(std::slice::from_ref(id))
-                    .map_or(0, |bytes| bytes.len())
-            })
-            .collect()
+    /// The IDs and the byte offset where each token starts.
+    pub fn encode_with_starts(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>), TokenizeError> {
+        match &self.backend {
+            Backend::Tiktoken(bpe) => {
+                let ids = bpe.encode_ordinary(text);
+                let mut starts = Vec::with_capacity(ids.len());
+                let mut offset = 0;
+                for id in &ids {
+                    starts.push(offset);
+                    // A token may hold part of a UTF-8 character: these are bytes.
+                    offset += bpe
+                        .decode_bytes(std::slice::from_ref(id))
+                        .map_or(0, |bytes| bytes.len());
+                }
+                Ok((ids, starts))
+            }
+            Backend::HuggingFace(tokenizer) => {
+                let encoding = tokenizer
+                    .encode(text, false)
+                    .map_err(|e| self.error(e.to_string()))?;
+                let starts = encoding
+                    .get_offsets()
+                    .iter()
+                    .map(|(start, _)| *start)
+                    .collect();
+                Ok((encoding.get_ids().to_vec(), starts))
+            }
+        }
+    }
+
+    fn error(&self, reason: String) -> TokenizeError {
+        TokenizeError {
+            tokenizer: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// A Hugging Face `tokenizer.json` (its bytes), named; truncation and padding are turned off
+    /// so that every text is tokenized whole.
+    pub fn hugging_face(name: &str, definition: &[u8]) -> Result<Self, String> {
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_bytes(definition).map_err(|e| e.to_string())?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| e.to_string())?
+            .with_padding(None);
+        let hash = Sha256::digest(definition);
+        Ok(Self {
+            name: name.to_owned(),
+            id: format!("{name}:{}", hex::encode(&hash[..8])),
+            kind: "huggingface",
+            backend: Backend::HuggingFace(Box::new(tokenizer)),
+            cut_rule: None,
+        })
     }
 }
 
@@ -171,8 +239,8 @@ fn tiktoken(name: &str) -> Option<Arc<Tokenizer>> {
                 name: name.to_owned(),
                 id,
                 kind: "tiktoken",
-                bpe,
-                cut_rule,
+                backend: Backend::Tiktoken(bpe),
+                cut_rule: Some(cut_rule),
             }))
         })
         .clone()
@@ -209,41 +277,96 @@ pub struct UnknownTokenizer {
     pub known: String,
 }
 
+/// A Hugging Face tokenizer named in configuration: `[[token_cache.tokenizers]]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerFile {
+    pub name: String,
+    /// A `tokenizer.json` file.
+    pub path: std::path::PathBuf,
+}
+
 /// Resolves the `tokenizer` field of a request: a tokenizer name, or a model id mapped to one by
 /// configuration, or an OpenAI model name tiktoken-rs knows.
 #[derive(Debug, Clone)]
 pub struct TokenizerRegistry {
     /// model id -> tokenizer name, from configuration.
     models: BTreeMap<String, String>,
+    /// Hugging Face tokenizers by name, loaded once at start.
+    files: BTreeMap<String, Arc<Tokenizer>>,
 }
 
 impl TokenizerRegistry {
-    /// Fails when the configuration maps a model to a tokenizer that does not exist.
-    pub fn new(models: &BTreeMap<String, String>) -> Result<Self, UnknownTokenizer> {
-        for tokenizer in models.values() {
-            if !Self::names().contains(&tokenizer.as_str()) {
-                return Err(UnknownTokenizer {
-                    name: tokenizer.clone(),
-                    known: Self::names().join(", "),
-                });
+    /// The tiktoken encodings only, no model map.
+    pub fn builtin() -> Self {
+        Self {
+            models: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Loads the configured tokenizer files and checks the model map. Fails (naming the key) on
+    /// a file that cannot be read or parsed, a name given twice or taken by a tiktoken encoding,
+    /// and a model mapped to a tokenizer that does not exist.
+    pub fn new(models: &BTreeMap<String, String>, files: &[TokenizerFile]) -> Result<Self, String> {
+        let mut loaded = BTreeMap::new();
+        for (index, file) in files.iter().enumerate() {
+            let key = format!("tokenizers[{index}]");
+            if file.name.is_empty() {
+                return Err(format!("{key}.name: must not be empty"));
+            }
+            if TIKTOKEN_ENCODINGS.iter().any(|(n, _)| *n == file.name)
+                || loaded.contains_key(&file.name)
+            {
+                return Err(format!(
+                    "{key}.name: {:?} is already a tokenizer",
+                    file.name
+                ));
+            }
+            let bytes = std::fs::read(&file.path)
+                .map_err(|e| format!("{key}.path: {}: {e}", file.path.display()))?;
+            let tokenizer = Tokenizer::hugging_face(&file.name, &bytes).map_err(|e| {
+                format!(
+                    "{key}.path: {}: not a tokenizer.json: {e}",
+                    file.path.display()
+                )
+            })?;
+            loaded.insert(file.name.clone(), Arc::new(tokenizer));
+        }
+        let registry = Self {
+            models: models.clone(),
+            files: loaded,
+        };
+        for (model, tokenizer) in models {
+            if !registry.names().contains(tokenizer) {
+                return Err(format!(
+                    "models.{model}: unknown tokenizer {tokenizer:?} (known: {})",
+                    registry.names().join(", ")
+                ));
             }
         }
-        Ok(Self {
-            models: models.clone(),
-        })
+        Ok(registry)
     }
 
-    pub fn names() -> Vec<&'static str> {
-        TIKTOKEN_ENCODINGS.iter().map(|(name, _)| *name).collect()
+    /// Every tokenizer name: the tiktoken encodings, then the configured files.
+    pub fn names(&self) -> Vec<String> {
+        TIKTOKEN_ENCODINGS
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .chain(self.files.keys().cloned())
+            .collect()
     }
 
-    /// The tokenizer for a name or a model id. Building it the first time is CPU work of a few
-    /// hundred milliseconds: async callers go through `spawn_blocking`.
+    /// The tokenizer for a name or a model id. Building a tiktoken encoding the first time is CPU
+    /// work of a few hundred milliseconds; the service does it at start, off the runtime.
     pub fn resolve(&self, name_or_model: &str) -> Result<Arc<Tokenizer>, UnknownTokenizer> {
         let name = match self.models.get(name_or_model) {
             Some(mapped) => mapped.as_str(),
             None => name_or_model,
         };
+        if let Some(tokenizer) = self.files.get(name) {
+            return Ok(tokenizer.clone());
+        }
         if let Some(tokenizer) = tiktoken(name) {
             return Ok(tokenizer);
         }
@@ -257,7 +380,7 @@ impl TokenizerRegistry {
         });
         from_model.ok_or_else(|| UnknownTokenizer {
             name: name_or_model.to_owned(),
-            known: Self::names().join(", "),
+            known: self.names().join(", "),
         })
     }
 
@@ -270,11 +393,15 @@ impl TokenizerRegistry {
                 .or_default()
                 .push(model.clone());
         }
-        Self::names()
+        self.names()
             .into_iter()
             .filter_map(|name| {
-                let models = models_by_tokenizer.remove(name).unwrap_or_default();
-                tiktoken(name).map(|tokenizer| (tokenizer, models))
+                let models = models_by_tokenizer
+                    .remove(name.as_str())
+                    .unwrap_or_default();
+                self.resolve(&name)
+                    .ok()
+                    .map(|tokenizer| (tokenizer, models))
             })
             .collect()
     }

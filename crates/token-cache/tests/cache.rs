@@ -3,7 +3,6 @@
 //! Redis unreachable or stopped mid-test (requests still succeed, errors are counted, recovery is
 //! automatic). The stop/start test runs its own throwaway redis-server on a free port.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,10 +62,11 @@ fn l2(context: &Context) -> Vec<LayerOutcome> {
 }
 
 fn fresh(text: &str) -> Vec<u32> {
-    match TokenizerRegistry::new(&BTreeMap::new()).map(|r| r.resolve("cl100k_base")) {
-        Ok(Ok(tokenizer)) => tokenizer.encode(text),
-        _ => Vec::new(),
-    }
+    TokenizerRegistry::builtin()
+        .resolve("cl100k_base")
+        .ok()
+        .and_then(|tokenizer| tokenizer.encode(text).ok())
+        .unwrap_or_default()
 }
 
 fn long_text(seed: usize) -> String {
@@ -150,7 +150,7 @@ async fn a_corrupted_value_is_a_miss_and_is_overwritten() -> TestResult {
     let writer = TokenCacheService::new(config(&prefix), Some(&url))?;
     writer.get_context(request("kb", &[text])).await?;
 
-    let tokenizer = TokenizerRegistry::new(&BTreeMap::new())?.resolve("cl100k_base")?;
+    let tokenizer = TokenizerRegistry::builtin().resolve("cl100k_base")?;
     let hash = content_hash(text);
     let key = segment_key(tokenizer.id(), "\n\n", &[Part::Document(&hash)]);
     let redis = writer.redis().ok_or("redis is on")?;

@@ -50,10 +50,11 @@ fn outcomes(response: &pb::GetContextResponse) -> Vec<(pb::CacheOutcome, pb::Cac
 
 /// A fresh tokenization; empty (so that comparisons fail) if the tokenizer cannot be built.
 fn fresh(encoding: &str, text: &str) -> Vec<u32> {
-    match TokenizerRegistry::new(&Default::default()).map(|r| r.resolve(encoding)) {
-        Ok(Ok(tokenizer)) => tokenizer.encode(text),
-        _ => Vec::new(),
-    }
+    TokenizerRegistry::builtin()
+        .resolve(encoding)
+        .ok()
+        .and_then(|tokenizer| tokenizer.encode(text).ok())
+        .unwrap_or_default()
 }
 
 const DOC_A: &str = "Tollgate routes each request to the cheapest model that will do.\nIt remembers how past tasks went.";

@@ -80,9 +80,9 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let service = TokenCacheService::new(TokenCacheConfig::default(), None).unwrap();
-        let tokenizer = TokenizerRegistry::new(&Default::default()).unwrap().resolve(encoding).unwrap();
+        let tokenizer = TokenizerRegistry::builtin().resolve(encoding).unwrap();
         let assembled = documents.join(&separator);
-        let fresh = tokenizer.encode(&assembled);
+        let fresh = tokenizer.encode(&assembled).unwrap();
         let request = ContextRequest {
             collection: "c".into(),
             documents: documents
@@ -112,7 +112,7 @@ proptest! {
         let mut reversed = request.clone();
         reversed.documents.reverse();
         let reversed_text = documents.iter().rev().cloned().collect::<Vec<_>>().join(&separator);
-        let fresh_reversed = tokenizer.encode(&reversed_text);
+        let fresh_reversed = tokenizer.encode(&reversed_text).unwrap();
         let context = runtime.block_on(service.get_context(reversed)).unwrap();
         let expected_len = if max_tokens > 0 { fresh_reversed.len().min(max_tokens) } else { fresh_reversed.len() };
         prop_assert_eq!(&context.token_ids[..], &fresh_reversed[..expected_len]);
@@ -128,14 +128,14 @@ proptest! {
             .prop_map(|(start, text)| format!("{start}{text}")),
         encoding in proptest::sample::select(ENCODINGS.to_vec()),
     ) {
-        let tokenizer = TokenizerRegistry::new(&Default::default()).unwrap().resolve(encoding).unwrap();
+        let tokenizer = TokenizerRegistry::builtin().resolve(encoding).unwrap();
         let Some(before) = left.chars().next_back() else {
             return Ok(());
         };
-        prop_assume!(!right.is_empty() && tokenizer.cut_rule().is_safe_cut(before, right.chars()));
-        let whole = tokenizer.encode(&format!("{left}{right}"));
-        let mut parts = tokenizer.encode(&left);
-        parts.extend(tokenizer.encode(&right));
+        prop_assume!(!right.is_empty() && tokenizer.cut_rule().unwrap().is_safe_cut(before, right.chars()));
+        let whole = tokenizer.encode(&format!("{left}{right}")).unwrap();
+        let mut parts = tokenizer.encode(&left).unwrap();
+        parts.extend(tokenizer.encode(&right).unwrap());
         prop_assert_eq!(whole, parts);
     }
 }
@@ -144,7 +144,7 @@ proptest! {
 /// character and a right side starting with each kind.
 #[test]
 fn allowed_cuts_split_exactly_at_every_character_pair() {
-    let registry = TokenizerRegistry::new(&Default::default()).unwrap();
+    let registry = TokenizerRegistry::builtin();
     let endings = [
         "word",
         "word.",
@@ -183,13 +183,17 @@ fn allowed_cuts_split_exactly_at_every_character_pair() {
         for left in endings {
             for right in starts {
                 let before = left.chars().next_back().unwrap();
-                if !tokenizer.cut_rule().is_safe_cut(before, right.chars()) {
+                if !tokenizer
+                    .cut_rule()
+                    .unwrap()
+                    .is_safe_cut(before, right.chars())
+                {
                     continue;
                 }
                 checked += 1;
-                let whole = tokenizer.encode(&format!("{left}{right}"));
-                let mut parts = tokenizer.encode(left);
-                parts.extend(tokenizer.encode(right));
+                let whole = tokenizer.encode(&format!("{left}{right}")).unwrap();
+                let mut parts = tokenizer.encode(left).unwrap();
+                parts.extend(tokenizer.encode(right).unwrap());
                 assert_eq!(whole, parts, "{encoding}: {left:?} | {right:?}");
             }
         }

@@ -10,7 +10,8 @@ use tollgate_token_cache::tokenizer::TokenizerRegistry;
 
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// A tokenizer name (cl100k_base, o200k_base, p50k_base, r50k_base) or a model id mapped to one.
+    /// A tokenizer name (cl100k_base, o200k_base, p50k_base, r50k_base, or one configured in
+    /// `[[token_cache.tokenizers]]`) or a model id mapped to one.
     #[arg(long)]
     pub tokenizer: String,
     /// Print `{"tokenizer": ..., "count": N, "tokens": [...]}` instead of space-separated IDs.
@@ -31,8 +32,9 @@ pub fn run(args: TokenizeArgs, config: &crate::config::Config) -> ExitCode {
 }
 
 fn tokenize(args: &TokenizeArgs, config: &crate::config::Config) -> Result<(), (u8, String)> {
-    let registry = TokenizerRegistry::new(&config.token_cache.models)
-        .map_err(|e| (64, format!("token_cache.models: {e}")))?;
+    let registry =
+        TokenizerRegistry::new(&config.token_cache.models, &config.token_cache.tokenizers)
+            .map_err(|e| (64, format!("token_cache.{e}")))?;
     let tokenizer = registry
         .resolve(&args.tokenizer)
         .map_err(|e| (64, format!("--tokenizer: {e}")))?;
@@ -43,7 +45,7 @@ fn tokenize(args: &TokenizeArgs, config: &crate::config::Config) -> Result<(), (
         std::fs::File::open(&args.file).and_then(|mut file| file.read_to_string(&mut text))
     };
     read.map_err(|e| (1, format!("{}: {e}", args.file.display())))?;
-    let ids = tokenizer.encode(&text);
+    let ids = tokenizer.encode(&text).map_err(|e| (1, e.to_string()))?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let value = serde_json::json!({
