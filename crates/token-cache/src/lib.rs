@@ -1,18 +1,27 @@
 //! tollgate-token-cache: token IDs of context documents, keyed by content and tokenizer, in process (L1) and in Redis (L2).
 //!
 //! Exposes [`serve`], which the `tollgate` binary calls for `--target token-cache` (and for
-//! `--target all`). Talks to Redis only. Like every service crate it depends on tollgate-kit and
-//! tollgate-proto only, never on another service crate.
+//! `--target all`), and the [`service::TokenCacheService`] itself for in-process use (the
+//! `tollgate tokenize` command and the benchmark). Talks to Redis only. Like every service crate it
+//! depends on tollgate-kit and tollgate-proto only, never on another service crate.
 //!
-//! Status: the contract (`tollgate.v1.TokenCache`) is served with health and reflection, and every RPC
-//! answers UNIMPLEMENTED until the token-cache issue implements it (see [`grpc`]).
+//! Zero drift: the IDs of an assembled context always equal what tokenizing the assembled text
+//! afresh gives; see [`segments`] for how contexts are cut into cacheable segments exactly.
 
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod keys;
+pub mod segments;
+pub mod service;
+pub mod store;
+pub mod tokenizer;
 
 pub use config::TokenCacheConfig;
 pub use error::TokenCacheStartError;
+
+use std::sync::Arc;
 
 use tollgate_kit::grpc::GrpcServer;
 use tollgate_kit::service::ServiceEnv;
@@ -21,7 +30,23 @@ use tollgate_proto::v1::token_cache_server::TokenCacheServer;
 /// Serves `tollgate.v1.TokenCache` on `env.listener` until `env.shutdown` triggers, then drains.
 pub async fn serve(config: TokenCacheConfig, env: ServiceEnv) -> Result<(), TokenCacheStartError> {
     tracing::debug!(?config, "starting token-cache");
-    let service = TokenCacheServer::new(grpc::TokenCacheApi)
+    let service = Arc::new(service::TokenCacheService::new(
+        config,
+        env.storage.redis_url.as_deref(),
+    )?);
+    let warm = service.clone();
+    // Building the tokenizers is seconds of CPU in a debug build: do it off the runtime while the
+    // server starts, on a detached thread (a blocking-pool task would hold up shutdown until done).
+    if let Err(error) = std::thread::Builder::new()
+        .name("tokenizer-warm-up".into())
+        .spawn(move || warm.warm_up_tokenizers())
+    {
+        tracing::warn!(%error, "could not start the tokenizer warm-up; tokenizers build on first use");
+    }
+    if let Some(redis) = service.redis().cloned() {
+        tokio::spawn(async move { redis.connect().await });
+    }
+    let api = TokenCacheServer::new(grpc::TokenCacheApi::new(service))
         .max_decoding_message_size(env.server.max_message_bytes)
         .max_encoding_message_size(env.server.max_message_bytes);
     GrpcServer::new(
@@ -30,7 +55,7 @@ pub async fn serve(config: TokenCacheConfig, env: ServiceEnv) -> Result<(), Toke
         &env.server,
         tollgate_proto::FILE_DESCRIPTOR_SET,
     )
-    .add_service(service)
+    .add_service(api)
     .serve(env.shutdown)
     .await?;
     Ok(())

@@ -36,6 +36,10 @@ pub enum Command {
     Cases(crate::commands::cases::CasesArgs),
     /// List the provider-adapter's model catalog with prices and endpoint health.
     Models(crate::commands::models::ModelsArgs),
+    /// Token-cache client commands (`cache stats`).
+    Cache(crate::commands::cache::CacheArgs),
+    /// Print the token IDs of a file or stdin; needs no running server.
+    Tokenize(crate::commands::tokenize::TokenizeArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => tollgate::commands::eval::run(args),
         Command::Cases(args) => tollgate::commands::cases::run(args),
         Command::Models(args) => tollgate::commands::models::run(&config, &args),
+        Command::Cache(args) => tollgate::commands::cache::run(args, &config),
+        Command::Tokenize(args) => tollgate::commands::tokenize::run(args, &config),
     }
 }
 

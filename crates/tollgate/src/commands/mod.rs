@@ -2,10 +2,12 @@
 //! `eval` runs in process and needs no server.
 
 pub mod budget;
+pub mod cache;
 pub mod cases;
 pub mod eval;
 pub mod models;
 pub mod spend;
+pub mod tokenize;
 
 /// Runs a client command on a small runtime of its own; errors go to stderr with exit code 1.
 pub(crate) fn block_on<F>(future: F) -> std::process::ExitCode

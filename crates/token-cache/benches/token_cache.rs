@@ -1,0 +1,377 @@
+//! GetContext latency, in process and through gRPC: a miss (tokenize afresh, Redis asked and
+//! written), an L1 hit and an L2 hit (a fresh instance whose L1 is cold), for 8 documents of ~1k
+//! tokens and 2 documents of ~10k tokens, side by side with tokenizing the assembled text
+//! directly. Also: bytes per token of the Redis values and how often joins of real documents can
+//! be cut exactly (per-document reuse), per encoding.
+//!
+//! Needs REDIS_URL. Run: `cargo bench --workspace -p tollgate-token-cache --bench token_cache`
+//! (add `--profile dev` to skip the release build of every dependency). Under `cargo test` it
+//! makes one quick pass only. Documents are cut from
+//! this repository's own text (README, protos, Rust sources): prose and code, as RAG context is.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::config::Config;
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::token_cache_client::TokenCacheClient;
+use tollgate_test_support::{ServiceTarget, TestGateway};
+use tollgate_token_cache::TokenCacheConfig;
+use tollgate_token_cache::keys::content_hash;
+use tollgate_token_cache::segments::Assembly;
+use tollgate_token_cache::service::{ContextRequest, DocumentInput, TokenCacheService};
+use tollgate_token_cache::tokenizer::{Tokenizer, TokenizerRegistry};
+
+type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn corpus() -> BenchResult<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let prose = std::fs::read_to_string(root.join("README.md"))?;
+    let mut all = prose.clone();
+    let mut stack = vec![root.join("proto"), root.join("crates")];
+    let mut files = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("rs" | "proto")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for file in files {
+        all.push_str("\n\n");
+        all.push_str(&std::fs::read_to_string(file)?);
+    }
+    Ok((prose, all))
+}
+
+/// `count` documents of about `tokens` tokens each, cut from the corpus at line starts, each made
+/// unique by `variant` (a first line), so that every variant misses.
+fn documents(
+    corpus: &str,
+    tokenizer: &Tokenizer,
+    count: usize,
+    tokens: usize,
+    variant: usize,
+) -> Vec<String> {
+    let lines: Vec<&str> = corpus.lines().collect();
+    let mut docs = Vec::new();
+    let mut line = (variant * 37) % lines.len();
+    for index in 0..count {
+        let mut doc = format!("Document {index}, revision {variant}\n");
+        let mut doc_tokens = 0;
+        while doc_tokens < tokens {
+            let next = lines[line % lines.len()];
+            line += 1;
+            doc_tokens += tokenizer.encode(next).map_or(0, |ids| ids.len()) + 1;
+            doc.push_str(next);
+            doc.push('\n');
+        }
+        docs.push(doc.trim_end().to_owned());
+    }
+    docs
+}
+
+fn request(docs: &[String]) -> ContextRequest {
+    ContextRequest {
+        collection: "bench".into(),
+        documents: docs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| DocumentInput::Inline {
+                id: format!("d{i}"),
+                text: text.clone(),
+            })
+            .collect(),
+        tokenizer: "cl100k_base".into(),
+        max_tokens: None,
+        separator: "\n\n".into(),
+    }
+}
+
+fn grpc_request(docs: &[String]) -> pb::GetContextRequest {
+    pb::GetContextRequest {
+        collection: "bench".into(),
+        documents: docs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| pb::Document {
+                id: format!("d{i}"),
+                text: Some(text.clone()),
+            })
+            .collect(),
+        tokenizer: "cl100k_base".into(),
+        max_tokens: 0,
+        separator: None,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+struct Row {
+    path: &'static str,
+    shape: &'static str,
+    fresh: Samples,
+    miss: Samples,
+    l1: Samples,
+    l2: Samples,
+}
+
+fn main() -> BenchResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> BenchResult {
+    let redis_url = std::env::var("REDIS_URL")
+        .map_err(|_| "REDIS_URL is not set: `eval \"$(scripts/services.sh env)\"` first")?;
+    // `cargo test --all-targets` runs this binary too (without `--bench`): then only a quick pass,
+    // as a smoke test that the benchmark still works.
+    let quick =
+        !std::env::args().any(|arg| arg == "--bench") || std::env::var_os("BENCH_QUICK").is_some();
+    let (prose, corpus) = corpus()?;
+    let registry = TokenizerRegistry::builtin();
+    let tokenizer = registry.resolve("cl100k_base")?;
+    let prefix = format!("tollgate-bench:{}:", std::process::id());
+    let mut out = std::io::stdout().lock();
+
+    let shapes: [(&'static str, usize, usize, usize); 2] = if quick {
+        [("8 x 1k", 8, 1000, 5), ("2 x 10k", 2, 10_000, 3)]
+    } else {
+        [("8 x 1k", 8, 1000, 40), ("2 x 10k", 2, 10_000, 25)]
+    };
+    let hit_iterations = if quick { 20 } else { 300 };
+    let mut rows = Vec::new();
+
+    // In process.
+    for (shape, count, tokens, misses) in shapes {
+        let config = TokenCacheConfig {
+            key_prefix: prefix.clone(),
+            ..TokenCacheConfig::default()
+        };
+        let writer = Arc::new(TokenCacheService::new(config.clone(), Some(&redis_url))?);
+        let mut row = Row {
+            path: "in process",
+            shape,
+            fresh: Samples::default(),
+            miss: Samples::default(),
+            l1: Samples::default(),
+            l2: Samples::default(),
+        };
+        let mut variants = Vec::new();
+        for variant in 0..misses {
+            let docs = documents(&corpus, &tokenizer, count, tokens, 1000 + variant);
+            let assembled = docs.join("\n\n");
+            let started = Instant::now();
+            let fresh = tokenizer.encode(&assembled)?;
+            row.fresh.0.push(started.elapsed());
+            let started = Instant::now();
+            let context = writer.get_context(request(&docs)).await?;
+            row.miss.0.push(started.elapsed());
+            if context.token_ids != fresh {
+                return Err("drift: cached context differs from a fresh tokenization".into());
+            }
+            variants.push(docs);
+        }
+        let hot = request(&variants[0]);
+        for _ in 0..hit_iterations {
+            let started = Instant::now();
+            writer.get_context(hot.clone()).await?;
+            row.l1.0.push(started.elapsed());
+        }
+        // L2 hits: a fresh instance (cold L1) per pass over the variants written above.
+        let mut passes = 0;
+        while row.l2.0.len() < hit_iterations.min(variants.len() * 8) && passes < 8 {
+            let reader = TokenCacheService::new(config.clone(), Some(&redis_url))?;
+            for docs in &variants {
+                let started = Instant::now();
+                reader.get_context(request(docs)).await?;
+                row.l2.0.push(started.elapsed());
+            }
+            passes += 1;
+        }
+        rows.push(row);
+    }
+
+    // Through gRPC: one service on 127.0.0.1:0 with Redis, a real client.
+    for (shape, count, tokens, misses) in shapes {
+        let mut config = Config::default();
+        config.storage.redis_url = Some(redis_url.clone());
+        config.token_cache.key_prefix = prefix.clone();
+        let gateway = TestGateway::start_with(config.clone(), ServiceTarget::TokenCache).await?;
+        let mut client = TokenCacheClient::new(gateway.channel(ServiceTarget::TokenCache)?);
+        let mut row = Row {
+            path: "gRPC",
+            shape,
+            fresh: Samples::default(),
+            miss: Samples::default(),
+            l1: Samples::default(),
+            l2: Samples::default(),
+        };
+        let mut variants = Vec::new();
+        for variant in 0..misses {
+            let docs = documents(&corpus, &tokenizer, count, tokens, 5000 + variant);
+            let started = Instant::now();
+            let _ = tokenizer.encode(&docs.join("\n\n"))?;
+            row.fresh.0.push(started.elapsed());
+            let request = grpc_request(&docs);
+            let started = Instant::now();
+            client.get_context(request.clone()).await?;
+            row.miss.0.push(started.elapsed());
+            variants.push(request);
+        }
+        for _ in 0..hit_iterations {
+            let started = Instant::now();
+            client.get_context(variants[0].clone()).await?;
+            row.l1.0.push(started.elapsed());
+        }
+        gateway.stop().await?;
+        let mut passes = 0;
+        while row.l2.0.len() < hit_iterations.min(variants.len() * 8) && passes < 8 {
+            let reader = TestGateway::start_with(config.clone(), ServiceTarget::TokenCache).await?;
+            let mut reader_client =
+                TokenCacheClient::new(reader.channel(ServiceTarget::TokenCache)?);
+            // One untimed call so that connection set-up is not counted as an L2 hit.
+            reader_client
+                .tokenize(pb::TokenizeRequest {
+                    tokenizer: "cl100k_base".into(),
+                    text: "warm".into(),
+                })
+                .await?;
+            for request in &variants {
+                let started = Instant::now();
+                reader_client.get_context(request.clone()).await?;
+                row.l2.0.push(started.elapsed());
+            }
+            reader.stop().await?;
+            passes += 1;
+        }
+        rows.push(row);
+    }
+
+    writeln!(
+        out,
+        "| path | context | fresh tokenize p50 | miss p50 / p99 | L1 hit p50 / p99 | L2 hit p50 / p99 | L1 hit speed-up | L2 hit speed-up |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    for row in &rows {
+        let miss = row.miss.percentile(0.5);
+        writeln!(
+            out,
+            "| {} | {} | {} | {} / {} | {} / {} | {} / {} | {:.0}x | {:.0}x |",
+            row.path,
+            row.shape,
+            micros(row.fresh.percentile(0.5)),
+            micros(miss),
+            micros(row.miss.percentile(0.99)),
+            micros(row.l1.percentile(0.5)),
+            micros(row.l1.percentile(0.99)),
+            micros(row.l2.percentile(0.5)),
+            micros(row.l2.percentile(0.99)),
+            miss.as_secs_f64() / row.l1.percentile(0.5).as_secs_f64(),
+            miss.as_secs_f64() / row.l2.percentile(0.5).as_secs_f64(),
+        )?;
+    }
+    writeln!(
+        out,
+        "\n(speed-up: miss p50 / hit p50; samples: misses {}/{} per shape, hits {hit_iterations})",
+        shapes[0].3, shapes[1].3
+    )?;
+
+    // Bytes per token of the stored values.
+    writeln!(
+        out,
+        "\n| text | tokens | bytes (value) | bytes/token | raw u32 | JSON array |\n|---|---|---|---|---|---|"
+    )?;
+    for (name, text) in [
+        ("README.md (prose)", prose.as_str()),
+        ("repository (prose + code)", corpus.as_str()),
+    ] {
+        let ids = tokenizer.encode(text)?;
+        let value = tollgate_token_cache::codec::encode(
+            &[0; 32],
+            &tollgate_token_cache::codec::SegmentTokens {
+                ids: ids.clone(),
+                doc_starts: vec![0],
+            },
+        );
+        let json = serde_json::to_string(&ids)?.len();
+        writeln!(
+            out,
+            "| {name} | {} | {} | {:.2} | 4.00 | {:.2} |",
+            ids.len(),
+            value.len(),
+            value.len() as f64 / ids.len() as f64,
+            json as f64 / ids.len() as f64
+        )?;
+    }
+
+    // Per-document reuse: how many joins of real documents the cut rules can cut exactly.
+    writeln!(
+        out,
+        "\n| encoding | documents | joins cut exactly (default separator \\n\\n) | segments per context |\n|---|---|---|---|"
+    )?;
+    for name in registry.names() {
+        let tokenizer = registry.resolve(&name)?;
+        let mut joins = 0;
+        let mut cut = 0;
+        let mut segments = 0;
+        let mut contexts = 0;
+        for variant in 0..20 {
+            let docs = documents(&corpus, &tokenizer, 8, 300, variant * 101);
+            // Real documents do not start with the "Document N" header line: drop it.
+            let docs: Vec<String> = docs
+                .iter()
+                .map(|d| {
+                    d.split_once('\n')
+                        .map_or(d.clone(), |(_, rest)| rest.to_owned())
+                })
+                .collect();
+            let hashes: Vec<_> = docs.iter().map(|d| content_hash(d)).collect();
+            let hash_refs: Vec<_> = hashes.iter().collect();
+            let texts: Vec<&str> = docs.iter().map(String::as_str).collect();
+            let plans = Assembly {
+                texts: &texts,
+                hashes: &hash_refs,
+                separator: "\n\n",
+            }
+            .plan(tokenizer.id(), tokenizer.cut_rule());
+            joins += docs.len() - 1;
+            cut += plans.len() - 1;
+            segments += plans.len();
+            contexts += 1;
+        }
+        writeln!(
+            out,
+            "| {name} | 8 x ~300 tokens, 20 contexts | {cut}/{joins} ({:.0}%) | {:.1} |",
+            100.0 * cut as f64 / joins as f64,
+            segments as f64 / contexts as f64
+        )?;
+    }
+    tollgate_test_support::redis::delete_prefix(&redis_url, &prefix).await?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! How an assembled context (documents joined by a separator) is cut into segments that can be
+//! tokenized and cached on their own without drift.
+//!
+//! BPE does not compose: tokenizing two texts apart and concatenating the IDs usually differs
+//! from tokenizing the joined text, at the join. But a tokenizer's pre-tokenizer regex splits the
+//! text into pieces and BPE never merges across pieces, so at a position where the regex always
+//! splits ([`crate::tokenizer::CutRule`]) tokenizing the two sides apart is exact. At each join
+//! we cut at such a position when there is one (just before or just after the separator);
+//! otherwise the documents on both sides stay in one segment. Each segment's key covers the
+//! content hashes of all its parts, so a segment is reused across requests exactly when the same
+//! documents meet the same separator in the same way.
+
+use std::ops::Range;
+
+use crate::keys::{Digest32, Part, segment_key};
+use crate::tokenizer::CutRule;
+
+/// One segment of a context: a run of parts (documents and separators, alternating, starting and
+/// ending with a document of the context) that is tokenized as one text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentPlan {
+    pub key: Digest32,
+    /// Indices into the part list: part `2i` is document `i`, part `2i + 1` the separator after it.
+    pub parts: Range<usize>,
+    /// The documents whose text starts in this segment, with the byte offset where each starts.
+    pub documents: Vec<(usize, usize)>,
+}
+
+/// The context's documents (text and content hash) and separator.
+#[derive(Debug, Clone, Copy)]
+pub struct Assembly<'a> {
+    pub texts: &'a [&'a str],
+    pub hashes: &'a [&'a Digest32],
+    pub separator: &'a str,
+}
+
+impl<'a> Assembly<'a> {
+    fn part_count(&self) -> usize {
+        (self.texts.len() * 2).saturating_sub(1)
+    }
+
+    pub fn part_text(&self, part: usize) -> &'a str {
+        if part.is_multiple_of(2) {
+            self.texts[part / 2]
+        } else {
+            self.separator
+        }
+    }
+
+    /// The text of a run of parts, as tokenized.
+    pub fn text(&self, parts: Range<usize>) -> String {
+        let mut text = String::with_capacity(parts.clone().map(|p| self.part_text(p).len()).sum());
+        for part in parts {
+            text.push_str(self.part_text(part));
+        }
+        text
+    }
+
+    /// The last character before part boundary `boundary` (before part `boundary`), if any.
+    fn char_before(&self, boundary: usize) -> Option<char> {
+        (0..boundary)
+            .rev()
+            .find_map(|part| self.part_text(part).chars().next_back())
+    }
+
+    /// The characters from part boundary `boundary` to the end of the context.
+    fn chars_after(&self, boundary: usize) -> impl Iterator<Item = char> + '_ {
+        (boundary..self.part_count()).flat_map(|part| self.part_text(part).chars())
+    }
+
+    fn is_safe_cut(&self, boundary: usize, rule: CutRule) -> bool {
+        match self.char_before(boundary) {
+            Some(before) => {
+                if self.chars_after(boundary).next().is_none() {
+                    // Nothing after: the cut changes nothing.
+                    return true;
+                }
+                rule.is_safe_cut(before, self.chars_after(boundary))
+            }
+            None => true,
+        }
+    }
+
+    /// Cuts the context into segments: at each join, at the first exact cut position the rule
+    /// allows (after the separator for newline rules, before it for whitespace rules), or not at all.
+    pub fn plan(&self, tokenizer_id: &str, rule: Option<CutRule>) -> Vec<SegmentPlan> {
+        let parts = self.part_count();
+        if parts == 0 {
+            return Vec::new();
+        }
+        let mut cuts = Vec::new();
+        let joins = match rule {
+            Some(_) => self.texts.len().saturating_sub(1),
+            None => 0,
+        };
+        for join in 0..joins {
+            let Some(rule) = rule else { break };
+            let before_separator = 2 * join + 1;
+            let after_separator = 2 * join + 2;
+            let candidates = match rule {
+                CutRule::AfterNewline | CutRule::AfterNewlineNotSlash => {
+                    [after_separator, before_separator]
+                }
+                CutRule::BeforeWhitespace => [before_separator, after_separator],
+            };
+            if let Some(cut) = candidates
+                .into_iter()
+                .find(|boundary| self.is_safe_cut(*boundary, rule))
+            {
+                cuts.push(cut);
+            }
+        }
+        cuts.push(parts);
+        let mut plans = Vec::with_capacity(cuts.len());
+        let mut start = 0;
+        for end in cuts {
+            let range = start..end;
+            let key_parts: Vec<Part<'_>> = range
+                .clone()
+                .map(|part| {
+                    if part.is_multiple_of(2) {
+                        Part::Document(self.hashes[part / 2])
+                    } else {
+                        Part::Separator
+                    }
+                })
+                .collect();
+            let mut offset = 0;
+            let mut documents = Vec::new();
+            for part in range.clone() {
+                if part.is_multiple_of(2) {
+                    documents.push((part / 2, offset));
+                }
+                offset += self.part_text(part).len();
+            }
+            plans.push(SegmentPlan {
+                key: segment_key(tokenizer_id, self.separator, &key_parts),
+                parts: range,
+                documents,
+            });
+            start = end;
+        }
+        plans
+    }
+}
+
+/// For each byte offset (ascending), the number of tokens that start before it (given each
+/// token's start byte, ascending): the index of the first token of a document starting there.
+pub fn token_starts(token_start_bytes: &[usize], byte_offsets: &[usize]) -> Vec<u32> {
+    let mut starts = Vec::with_capacity(byte_offsets.len());
+    let mut index = 0;
+    for offset in byte_offsets {
+        while index < token_start_bytes.len() && token_start_bytes[index] < *offset {
+            index += 1;
+        }
+        starts.push(index as u32);
+    }
+    starts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_after_the_separator_when_the_next_document_starts_with_text() {
+        let hashes = [[1u8; 32], [2u8; 32], [3u8; 32]];
+        let hash_refs: Vec<&Digest32> = hashes.iter().collect();
+        let assembly = Assembly {
+            texts: &["one.", "two", "\nthree"],
+            hashes: &hash_refs,
+            separator: "\n\n",
+        };
+        let plans = assembly.plan("t", Some(CutRule::AfterNewline));
+        // "one.\n\n" | "two\n\n\nthree": the third document starts with a newline, so no cut there.
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0].parts, 0..2);
+        assert_eq!(plans[1].parts, 2..5);
+        assert_eq!(plans[1].documents, vec![(1, 0), (2, 5)]);
+        let plans = assembly.plan("t", Some(CutRule::BeforeWhitespace));
+        // "one." | "\n\ntwo" | "\n\n three"
+        assert_eq!(plans.len(), 3);
+        assert_eq!(plans[1].parts, 1..3);
+        assert_eq!(plans[1].documents, vec![(1, 2)]);
+    }
+
+    #[test]
+    fn the_same_document_in_the_same_position_gets_the_same_key() {
+        let hashes = [[1u8; 32], [2u8; 32], [9u8; 32]];
+        let a: Vec<&Digest32> = vec![&hashes[0], &hashes[1]];
+        let b: Vec<&Digest32> = vec![&hashes[0], &hashes[2]];
+        let first = Assembly {
+            texts: &["x", "y"],
+            hashes: &a,
+            separator: "\n\n",
+        }
+        .plan("t", Some(CutRule::AfterNewline));
+        let second = Assembly {
+            texts: &["x", "z"],
+            hashes: &b,
+            separator: "\n\n",
+        }
+        .plan("t", Some(CutRule::AfterNewline));
+        assert_eq!(first[0].key, second[0].key);
+        assert_ne!(first[1].key, second[1].key);
+        let other_tokenizer = Assembly {
+            texts: &["x", "y"],
+            hashes: &a,
+            separator: "\n\n",
+        }
+        .plan("u", Some(CutRule::AfterNewline));
+        assert_ne!(first[0].key, other_tokenizer[0].key);
+    }
+
+    #[test]
+    fn token_starts_count_tokens_starting_before_each_offset() {
+        // tokens cover bytes [0,3) [3,5) [5,9)
+        assert_eq!(token_starts(&[0, 3, 5], &[0, 3, 4, 9]), vec![0, 1, 2, 3]);
+    }
+}

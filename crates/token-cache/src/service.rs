@@ -1,0 +1,761 @@
+//! The token cache's logic, free of tonic types: assemble contexts from cached segments (L1 in
+//! process, L2 in Redis, tokenizing afresh on a miss), register and invalidate documents, report
+//! statistics.
+//!
+//! A miss for a segment is loaded once however many requests want it at the same time: the L1's
+//! `get_with` runs one loader per key and the others wait for its value (single flight). The
+//! loader asks Redis within its time budget and tokenizes when Redis misses, fails or holds a
+//! corrupted value (which is then overwritten).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+
+use crate::codec::{self, SegmentTokens};
+use crate::config::TokenCacheConfig;
+use crate::error::{TokenCacheError, TokenCacheResult};
+use crate::keys::{Digest32, content_hash};
+use crate::segments::{Assembly, SegmentPlan, token_starts};
+use crate::store::memory::MemoryDocumentStore;
+use crate::store::redis::RedisStore;
+use crate::store::{DocumentStore, StoreError, StoredDocument};
+use crate::tokenizer::{Tokenizer, TokenizerRegistry, UnknownTokenizer};
+
+/// The separator when a request sets none.
+pub const DEFAULT_SEPARATOR: &str = "\n\n";
+
+/// What one cache layer did for a document's segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerOutcome {
+    Hit,
+    Miss,
+    /// Not consulted: off, or an earlier layer hit.
+    Skipped,
+    /// Failed (Redis down or over budget); the request went on without it.
+    Error,
+}
+
+/// A document of a GetContext request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentInput {
+    Inline { id: String, text: String },
+    Reference { id: String },
+}
+
+impl DocumentInput {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Inline { id, .. } | Self::Reference { id } => id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextRequest {
+    pub collection: String,
+    pub documents: Vec<DocumentInput>,
+    pub tokenizer: String,
+    /// None: no limit.
+    pub max_tokens: Option<usize>,
+    pub separator: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub id: String,
+    pub start: u64,
+    pub end: u64,
+    pub l1: LayerOutcome,
+    pub l2: LayerOutcome,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub token_ids: Vec<u32>,
+    pub spans: Vec<Span>,
+    pub untruncated_tokens: u64,
+    pub truncated: bool,
+    pub tokenizer_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRequest {
+    pub collection: String,
+    /// (id, text)
+    pub documents: Vec<(String, String)>,
+    pub tokenizers: Vec<String>,
+    /// None: the collection's TTL.
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+    pub entries: u64,
+    pub bytes: u64,
+    pub tokens: u64,
+    pub errors: u64,
+    pub available: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub l1: LayerStats,
+    pub l2: LayerStats,
+    pub tokens_tokenized: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenizerListing {
+    pub name: String,
+    pub tokenizer_id: String,
+    pub kind: String,
+    pub models: Vec<String>,
+}
+
+/// A segment's tokens as cached in L1, with where its value came from when it was loaded.
+#[derive(Debug)]
+struct CachedSegment {
+    tokens: SegmentTokens,
+    ttl: Duration,
+    l2: LayerOutcome,
+}
+
+impl CachedSegment {
+    fn weight(&self) -> u32 {
+        let bytes = 64 + 4 * (self.tokens.ids.len() + self.tokens.doc_starts.len());
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+struct SegmentExpiry;
+
+impl moka::Expiry<Digest32, Arc<CachedSegment>> for SegmentExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Digest32,
+        value: &Arc<CachedSegment>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Digest32,
+        value: &Arc<CachedSegment>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    l1_hits: AtomicU64,
+    l1_misses: AtomicU64,
+    l1_bytes: AtomicU64,
+    l1_tokens: AtomicU64,
+    l2_hits: AtomicU64,
+    l2_misses: AtomicU64,
+    l2_entries_written: AtomicU64,
+    l2_bytes_written: AtomicU64,
+    l2_tokens_written: AtomicU64,
+    tokens_tokenized: AtomicU64,
+}
+
+enum Documents {
+    Memory(MemoryDocumentStore),
+    Redis(RedisStore),
+}
+
+impl Documents {
+    async fn put(
+        &self,
+        collection: &str,
+        documents: &[(String, StoredDocument)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => store.put(collection, documents, ttl).await,
+            Self::Redis(store) => store.put(collection, documents, ttl).await,
+        }
+    }
+    async fn get(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<StoredDocument>>, StoreError> {
+        match self {
+            Self::Memory(store) => store.get(collection, ids).await,
+            Self::Redis(store) => store.get(collection, ids).await,
+        }
+    }
+    async fn remove(&self, collection: &str, ids: &[String]) -> Result<u64, StoreError> {
+        match self {
+            Self::Memory(store) => store.remove(collection, ids).await,
+            Self::Redis(store) => store.remove(collection, ids).await,
+        }
+    }
+    async fn clear(&self, collection: &str) -> Result<u64, StoreError> {
+        match self {
+            Self::Memory(store) => store.clear(collection).await,
+            Self::Redis(store) => store.clear(collection).await,
+        }
+    }
+}
+
+/// The token cache of one service instance.
+pub struct TokenCacheService {
+    config: TokenCacheConfig,
+    registry: TokenizerRegistry,
+    l1: Cache<Digest32, Arc<CachedSegment>>,
+    redis: Option<RedisStore>,
+    documents: Documents,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for TokenCacheService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCacheService")
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCacheService {
+    /// L1 only when `redis_url_opt` is None; otherwise L1 + Redis (connected lazily, so Redis
+    /// being down at start is no error).
+    pub fn new(
+        config: TokenCacheConfig,
+        redis_url_opt: Option<&str>,
+    ) -> Result<Self, crate::TokenCacheStartError> {
+        let registry = TokenizerRegistry::new(&config.models, &config.tokenizers)
+            .map_err(crate::TokenCacheStartError::Config)?;
+        let counters = Arc::new(Counters::default());
+        let listener_counters = counters.clone();
+        let l1 = Cache::builder()
+            .max_capacity(config.l1_max_bytes)
+            .weigher(|_key: &Digest32, value: &Arc<CachedSegment>| value.weight())
+            .expire_after(SegmentExpiry)
+            .eviction_listener(
+                move |_key, value: Arc<CachedSegment>, _cause: RemovalCause| {
+                    // Every value was counted when loaded (`admit`), replaced ones included.
+                    listener_counters
+                        .l1_bytes
+                        .fetch_sub(u64::from(value.weight()), Ordering::Relaxed);
+                    listener_counters
+                        .l1_tokens
+                        .fetch_sub(value.tokens.ids.len() as u64, Ordering::Relaxed);
+                    metrics::gauge!("tollgate_token_cache_stored_bytes", "layer" => "l1")
+                        .set(listener_counters.l1_bytes.load(Ordering::Relaxed) as f64);
+                    metrics::gauge!("tollgate_token_cache_stored_tokens", "layer" => "l1")
+                        .set(listener_counters.l1_tokens.load(Ordering::Relaxed) as f64);
+                },
+            )
+            .build();
+        let redis = match redis_url_opt {
+            Some(url) => Some(
+                RedisStore::new(url, &config.key_prefix, config.redis_timeout())
+                    .map_err(|e| crate::TokenCacheStartError::Config(format!("redis url: {e}")))?,
+            ),
+            None => None,
+        };
+        let documents = match &redis {
+            Some(store) => Documents::Redis(store.clone()),
+            None => Documents::Memory(MemoryDocumentStore::new()),
+        };
+        Ok(Self {
+            config,
+            registry,
+            l1,
+            redis,
+            documents,
+            counters,
+        })
+    }
+
+    /// Builds every tokenizer now (a few hundred milliseconds of CPU each, once per process), so
+    /// that the first requests do not pay for it.
+    pub fn warm_up_tokenizers(&self) {
+        let _ = self.registry.list();
+    }
+
+    pub fn config(&self) -> &TokenCacheConfig {
+        &self.config
+    }
+
+    /// The Redis store, when L2 is on (tests use it to corrupt values on purpose).
+    pub fn redis(&self) -> Option<&RedisStore> {
+        self.redis.as_ref()
+    }
+
+    pub fn tokenizer(&self, name: &str, field: &str) -> TokenCacheResult<Arc<Tokenizer>> {
+        self.registry
+            .resolve(name)
+            .map_err(|UnknownTokenizer { name, known }| {
+                TokenCacheError::invalid(
+                    field,
+                    format!("unknown tokenizer or model {name:?} (known tokenizers: {known}; models map to them in token_cache.models)"),
+                )
+            })
+    }
+
+    pub fn list_tokenizers(&self) -> Vec<TokenizerListing> {
+        self.registry
+            .list()
+            .into_iter()
+            .map(|(tokenizer, models)| TokenizerListing {
+                name: tokenizer.name().to_owned(),
+                tokenizer_id: tokenizer.id().to_owned(),
+                kind: tokenizer.kind().to_owned(),
+                models,
+            })
+            .collect()
+    }
+
+    pub async fn get_context(&self, request: ContextRequest) -> TokenCacheResult<Context> {
+        let tokenizer = self.tokenizer(&request.tokenizer, "tokenizer")?;
+        let resolved = self
+            .resolve_documents(&request.collection, &request.documents)
+            .await?;
+        let texts: Vec<&str> = resolved.iter().map(|(text, _)| text.as_ref()).collect();
+        let hashes: Vec<&Digest32> = resolved.iter().map(|(_, hash)| hash).collect();
+        let assembly = Assembly {
+            texts: &texts,
+            hashes: &hashes,
+            separator: &request.separator,
+        };
+        let plans = assembly.plan(tokenizer.id(), tokenizer.cut_rule());
+        let ttl = self.config.ttl_for(&request.collection);
+        let loaded = futures_util::future::join_all(
+            plans
+                .iter()
+                .map(|plan| self.segment(&tokenizer, &assembly, plan, ttl)),
+        )
+        .await
+        .into_iter()
+        .collect::<TokenCacheResult<Vec<_>>>()?;
+
+        let total: usize = loaded
+            .iter()
+            .map(|(segment, _, _)| segment.tokens.ids.len())
+            .sum();
+        let mut token_ids = Vec::with_capacity(match request.max_tokens {
+            Some(limit) => limit.min(total),
+            None => total,
+        });
+        let mut doc_starts = vec![0u64; request.documents.len()];
+        let mut outcomes =
+            vec![(LayerOutcome::Skipped, LayerOutcome::Skipped); request.documents.len()];
+        for (plan, (segment, l1, l2)) in plans.iter().zip(&loaded) {
+            let offset = token_ids.len() as u64;
+            for ((document, _), start) in plan.documents.iter().zip(&segment.tokens.doc_starts) {
+                doc_starts[*document] = offset + u64::from(*start);
+                outcomes[*document] = (*l1, *l2);
+            }
+            token_ids.extend_from_slice(&segment.tokens.ids);
+        }
+        let untruncated = token_ids.len() as u64;
+        let limit = request
+            .max_tokens
+            .map_or(untruncated, |limit| (limit as u64).min(untruncated));
+        token_ids.truncate(limit as usize);
+        let spans = request
+            .documents
+            .iter()
+            .enumerate()
+            .map(|(index, document)| {
+                let start = doc_starts[index];
+                let end = doc_starts.get(index + 1).copied().unwrap_or(untruncated);
+                Span {
+                    id: document.id().to_owned(),
+                    start: start.min(limit),
+                    end: end.min(limit),
+                    l1: outcomes[index].0,
+                    l2: outcomes[index].1,
+                    truncated: end > limit,
+                }
+            })
+            .collect();
+        Ok(Context {
+            token_ids,
+            spans,
+            untruncated_tokens: untruncated,
+            truncated: untruncated > limit,
+            tokenizer_id: tokenizer.id().to_owned(),
+        })
+    }
+
+    /// Token IDs of one text, through the cache (it is one segment of one document).
+    pub async fn tokenize(
+        &self,
+        tokenizer: &str,
+        text: String,
+    ) -> TokenCacheResult<(Vec<u32>, String)> {
+        let context = self
+            .get_context(ContextRequest {
+                collection: String::new(),
+                documents: vec![DocumentInput::Inline {
+                    id: "text".into(),
+                    text,
+                }],
+                tokenizer: tokenizer.to_owned(),
+                max_tokens: None,
+                separator: String::new(),
+            })
+            .await?;
+        Ok((context.token_ids, context.tokenizer_id))
+    }
+
+    /// The texts and content hashes of a request's documents, references resolved.
+    async fn resolve_documents(
+        &self,
+        collection: &str,
+        documents: &[DocumentInput],
+    ) -> TokenCacheResult<Vec<(Arc<str>, Digest32)>> {
+        let references: Vec<(usize, String)> = documents
+            .iter()
+            .enumerate()
+            .filter_map(|(index, document)| match document {
+                DocumentInput::Reference { id } => Some((index, id.clone())),
+                DocumentInput::Inline { .. } => None,
+            })
+            .collect();
+        let mut registered = Vec::new();
+        if let Some((first, _)) = references.first() {
+            if collection.is_empty() {
+                return Err(TokenCacheError::invalid(
+                    "collection",
+                    format!(
+                        "must be set when documents are passed by reference (documents[{first}] has no text)"
+                    ),
+                ));
+            }
+            let ids: Vec<String> = references.iter().map(|(_, id)| id.clone()).collect();
+            registered = self
+                .documents
+                .get(collection, &ids)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "resolving registered documents failed");
+                    TokenCacheError::DocumentsUnavailable {
+                        field: format!("documents[{first}]"),
+                    }
+                })?;
+        }
+        let mut registered = registered.into_iter();
+        let mut resolved = Vec::with_capacity(documents.len());
+        for (index, document) in documents.iter().enumerate() {
+            match document {
+                DocumentInput::Inline { text, .. } => {
+                    resolved.push((Arc::from(text.as_str()), content_hash(text)));
+                }
+                DocumentInput::Reference { id } => match registered.next().flatten() {
+                    Some(stored) => resolved.push((stored.text, stored.content_hash)),
+                    None => {
+                        return Err(TokenCacheError::DocumentNotFound {
+                            field: format!("documents[{index}]"),
+                            collection: collection.to_owned(),
+                            id: id.clone(),
+                        });
+                    }
+                },
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// One segment: from L1, or loaded once (single flight) from L2 or by tokenizing.
+    async fn segment(
+        &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
+        plan: &SegmentPlan,
+        ttl: Duration,
+    ) -> TokenCacheResult<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)> {
+        let started = Instant::now();
+        if let Some(segment) = self.l1.get(&plan.key).await {
+            self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+            record_lookup("l1", "hit", started);
+            return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
+        }
+        self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
+        record_lookup("l1", "miss", started);
+        let loaded_here = AtomicBool::new(false);
+        let segment = self
+            .l1
+            .try_get_with(plan.key, async {
+                loaded_here.store(true, Ordering::Relaxed);
+                self.load(tokenizer, assembly, plan, ttl).await
+            })
+            .await
+            .map_err(|error| (*error).clone())?;
+        // Requests that waited for another's load got its value without asking L2 themselves.
+        let l2 = if loaded_here.load(Ordering::Relaxed) {
+            segment.l2
+        } else {
+            LayerOutcome::Skipped
+        };
+        Ok((segment, LayerOutcome::Miss, l2))
+    }
+
+    async fn load(
+        &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
+        plan: &SegmentPlan,
+        ttl: Duration,
+    ) -> TokenCacheResult<Arc<CachedSegment>> {
+        let mut l2 = LayerOutcome::Skipped;
+        if let Some(redis) = &self.redis {
+            let started = Instant::now();
+            match redis.get_segment(&plan.key).await {
+                Ok(Some(bytes)) => match codec::decode(&plan.key, &bytes) {
+                    Ok(tokens) if fits(&tokens, plan) => {
+                        self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
+                        record_lookup("l2", "hit", started);
+                        return Ok(self.admit(CachedSegment {
+                            tokens,
+                            ttl,
+                            l2: LayerOutcome::Hit,
+                        }));
+                    }
+                    Ok(_) | Err(_) => {
+                        tracing::warn!(key = %hex::encode(plan.key), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
+                        self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
+                        record_lookup("l2", "miss", started);
+                        l2 = LayerOutcome::Miss;
+                    }
+                },
+                Ok(None) => {
+                    self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
+                    record_lookup("l2", "miss", started);
+                    l2 = LayerOutcome::Miss;
+                }
+                Err(_) => l2 = LayerOutcome::Error,
+            }
+        }
+        let tokens = self.tokenize_segment(tokenizer, assembly, plan).await?;
+        self.counters
+            .tokens_tokenized
+            .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
+        metrics::counter!("tollgate_token_cache_tokenized_tokens_total", "tokenizer" => tokenizer.name().to_owned())
+            .increment(tokens.ids.len() as u64);
+        if let Some(redis) = &self.redis {
+            // After a failed read, a write would only spend another time budget.
+            if l2 != LayerOutcome::Error {
+                let value = codec::encode(&plan.key, &tokens);
+                if redis.put_segment(&plan.key, &value, ttl).await.is_ok() {
+                    self.counters
+                        .l2_entries_written
+                        .fetch_add(1, Ordering::Relaxed);
+                    let bytes = self
+                        .counters
+                        .l2_bytes_written
+                        .fetch_add(value.len() as u64, Ordering::Relaxed)
+                        + value.len() as u64;
+                    let stored_tokens = self
+                        .counters
+                        .l2_tokens_written
+                        .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed)
+                        + tokens.ids.len() as u64;
+                    metrics::gauge!("tollgate_token_cache_stored_bytes", "layer" => "l2")
+                        .set(bytes as f64);
+                    metrics::gauge!("tollgate_token_cache_stored_tokens", "layer" => "l2")
+                        .set(stored_tokens as f64);
+                }
+            }
+        }
+        Ok(self.admit(CachedSegment { tokens, ttl, l2 }))
+    }
+
+    /// Counts a value about to enter L1 (the eviction listener subtracts it again).
+    fn admit(&self, segment: CachedSegment) -> Arc<CachedSegment> {
+        let bytes = self
+            .counters
+            .l1_bytes
+            .fetch_add(u64::from(segment.weight()), Ordering::Relaxed)
+            + u64::from(segment.weight());
+        let tokens = self
+            .counters
+            .l1_tokens
+            .fetch_add(segment.tokens.ids.len() as u64, Ordering::Relaxed)
+            + segment.tokens.ids.len() as u64;
+        metrics::gauge!("tollgate_token_cache_stored_bytes", "layer" => "l1").set(bytes as f64);
+        metrics::gauge!("tollgate_token_cache_stored_tokens", "layer" => "l1").set(tokens as f64);
+        Arc::new(segment)
+    }
+
+    async fn tokenize_segment(
+        &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
+        plan: &SegmentPlan,
+    ) -> TokenCacheResult<SegmentTokens> {
+        let text = assembly.text(plan.parts.clone());
+        let run_inline = text.len() < self.config.blocking_threshold_bytes;
+        let offsets: Vec<usize> = plan.documents.iter().map(|(_, offset)| *offset).collect();
+        let work = {
+            let tokenizer = tokenizer.clone();
+            move || {
+                let (ids, starts) = tokenizer
+                    .encode_with_starts(&text)
+                    .map_err(|error| TokenCacheError::invalid("tokenizer", error.to_string()))?;
+                let doc_starts = token_starts(&starts, &offsets);
+                Ok(SegmentTokens { ids, doc_starts })
+            }
+        };
+        if run_inline {
+            work()
+        } else {
+            match tokio::task::spawn_blocking(work).await {
+                Ok(tokens) => tokens,
+                // Only a panic in the tokenizer gets here; surface it rather than guess.
+                Err(error) => std::panic::resume_unwind(error.into_panic()),
+            }
+        }
+    }
+
+    pub async fn put_documents(&self, request: PutRequest) -> TokenCacheResult<u32> {
+        let tokenizers = request
+            .tokenizers
+            .iter()
+            .enumerate()
+            .map(|(index, name)| self.tokenizer(name, &format!("tokenizers[{index}]")))
+            .collect::<TokenCacheResult<Vec<_>>>()?;
+        let ttl = request
+            .ttl
+            .unwrap_or_else(|| self.config.ttl_for(&request.collection));
+        let documents: Vec<(String, StoredDocument)> = request
+            .documents
+            .iter()
+            .map(|(id, text)| (id.clone(), StoredDocument::new(text)))
+            .collect();
+        self.documents
+            .put(&request.collection, &documents, ttl)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "registering documents failed");
+                TokenCacheError::DocumentsUnavailable {
+                    field: "documents".into(),
+                }
+            })?;
+        // Warm the segments these documents form on their own and in the middle of a context
+        // joined by the default separator.
+        for tokenizer in &tokenizers {
+            for (_, document) in &documents {
+                for (texts, hashes) in [
+                    (vec![document.text.as_ref()], vec![&document.content_hash]),
+                    (
+                        vec![
+                            document.text.as_ref(),
+                            document.text.as_ref(),
+                            document.text.as_ref(),
+                        ],
+                        vec![&document.content_hash; 3],
+                    ),
+                ] {
+                    let assembly = Assembly {
+                        texts: &texts,
+                        hashes: &hashes,
+                        separator: DEFAULT_SEPARATOR,
+                    };
+                    for plan in assembly.plan(tokenizer.id(), tokenizer.cut_rule()) {
+                        self.segment(tokenizer, &assembly, &plan, ttl).await?;
+                    }
+                }
+            }
+        }
+        Ok(documents.len() as u32)
+    }
+
+    pub async fn invalidate(&self, collection: &str, ids: &[String]) -> TokenCacheResult<u32> {
+        let removed = self
+            .documents
+            .remove(collection, ids)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "invalidating documents failed");
+                TokenCacheError::DocumentsUnavailable {
+                    field: "ids".into(),
+                }
+            })?;
+        Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    pub async fn clear(&self, collection: &str) -> TokenCacheResult<u64> {
+        self.documents.clear(collection).await.map_err(|error| {
+            tracing::warn!(%error, "clearing a collection failed");
+            TokenCacheError::DocumentsUnavailable {
+                field: "collection".into(),
+            }
+        })
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.l1.run_pending_tasks().await;
+        let c = &self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let l1 = LayerStats {
+            hits: load(&c.l1_hits),
+            misses: load(&c.l1_misses),
+            hit_rate: hit_rate(load(&c.l1_hits), load(&c.l1_misses)),
+            entries: self.l1.entry_count(),
+            bytes: load(&c.l1_bytes),
+            tokens: load(&c.l1_tokens),
+            errors: 0,
+            available: true,
+        };
+        let l2 = match &self.redis {
+            Some(redis) => LayerStats {
+                hits: load(&c.l2_hits),
+                misses: load(&c.l2_misses),
+                hit_rate: hit_rate(load(&c.l2_hits), load(&c.l2_misses)),
+                entries: load(&c.l2_entries_written),
+                bytes: load(&c.l2_bytes_written),
+                tokens: load(&c.l2_tokens_written),
+                errors: redis.health().errors.load(Ordering::Relaxed),
+                available: redis.health().available.load(Ordering::Relaxed),
+            },
+            None => LayerStats::default(),
+        };
+        Stats {
+            l1,
+            l2,
+            tokens_tokenized: load(&c.tokens_tokenized),
+        }
+    }
+}
+
+/// A stored value must describe exactly the documents the plan puts in the segment.
+fn fits(tokens: &SegmentTokens, plan: &SegmentPlan) -> bool {
+    tokens.doc_starts.len() == plan.documents.len()
+        && tokens
+            .doc_starts
+            .iter()
+            .all(|start| *start as usize <= tokens.ids.len())
+        && tokens.doc_starts.windows(2).all(|pair| pair[0] <= pair[1])
+}
+
+fn hit_rate(hits: u64, misses: u64) -> f64 {
+    if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    }
+}
+
+fn record_lookup(layer: &'static str, result: &'static str, started: Instant) {
+    metrics::counter!("tollgate_token_cache_requests_total", "layer" => layer, "result" => result)
+        .increment(1);
+    metrics::histogram!("tollgate_token_cache_lookup_seconds", "layer" => layer, "result" => result)
+        .record(started.elapsed().as_secs_f64());
+}

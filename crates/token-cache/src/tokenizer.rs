@@ -1,0 +1,408 @@
+//! The tokenizers the cache serves: the tiktoken encodings embedded in tiktoken-rs, each built once
+//! per process and shared, and the registry that resolves a request's `tokenizer` field (a tokenizer
+//! name or a catalog model id mapped to one).
+//!
+//! A tokenizer's identity is its name plus a hash of its definition (the whole vocabulary, byte
+//! string by rank, and its special tokens), so that IDs cached for one vocabulary can never be
+//! served for another, even if a library upgrade changed an encoding under the same name.
+//!
+//! Text is always encoded "ordinary": special-token text such as `<|endoftext|>` inside a document
+//! is tokenized as plain text, never turned into a control token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use sha2::{Digest, Sha256};
+use tiktoken_rs::CoreBPE;
+
+/// The encodings served, with the highest rank each defines (special tokens included), so that
+/// the identity hash covers the whole vocabulary.
+const TIKTOKEN_ENCODINGS: [(&str, u32); 4] = [
+    ("cl100k_base", 100_276),
+    ("o200k_base", 200_018),
+    ("p50k_base", 50_280),
+    ("r50k_base", 50_256),
+];
+
+/// Where a tokenizer's pre-tokenizer regex always splits, so that tokenizing the text on each
+/// side separately gives exactly the tokens of the whole (BPE merges never cross a regex piece).
+///
+/// Derived from each encoding's split pattern as tiktoken-rs 0.12 compiles it, and checked by the
+/// property tests in `tests/zero_drift.rs`. Neither pattern has a lookbehind or a `^`, so the text
+/// after a piece boundary is split the same whether or not text precedes it; the rules below make
+/// sure the boundary is one and that the text before it splits the same with or without the text
+/// after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutRule {
+    /// cl100k_base: right after a `\n` when what follows is a run of spaces or tabs (no line
+    /// break, possibly empty) and then a non-whitespace character. No piece holds a newline followed
+    /// by other whitespace than newlines or by text: the punctuation alternative
+    /// (` ?[^\s\p{L}\p{N}]++[\r\n]*+`) ends at its last newline, and in a whitespace run
+    /// `\s*[\r\n]` (tried before `\s+(?!\S)`) ends at the run's last newline. Cut off after that
+    /// newline, the text before ends in the same piece through `\s++$` instead.
+    AfterNewline,
+    /// o200k_base: as cl100k_base (with `\s*[\r\n]+`), except that its punctuation alternative
+    /// (` ?[^\s\p{L}\p{N}]+[\r\n/]*`) may go on with `/` right after a newline.
+    AfterNewlineNotSlash,
+    /// r50k_base / p50k_base: between a non-whitespace character and a whitespace character. Every
+    /// non-whitespace alternative (` ?\p{L}++`, ` ?\p{N}++`, ` ?[^\s\p{L}\p{N}]++`, contractions) stops
+    /// at whitespace, and no lookahead or `$` is evaluated inside the text before the cut. (Cutting
+    /// after a newline is NOT exact here: `\s++$` makes a trailing `\n\n` one piece on its own but
+    /// `\s+(?!\S)` splits it when text follows.)
+    BeforeWhitespace,
+}
+
+impl CutRule {
+    /// Whether the boundary between the text ending in `before` and the text `after` (its
+    /// characters in order; only the first few are read) is one where tokenizing each side alone
+    /// equals tokenizing the whole.
+    pub fn is_safe_cut(self, before: char, mut after: impl Iterator<Item = char>) -> bool {
+        match self {
+            CutRule::AfterNewline | CutRule::AfterNewlineNotSlash => {
+                if before != '\n' {
+                    return false;
+                }
+                let mut indented = false;
+                for next in after.by_ref() {
+                    if next == '\n' || next == '\r' {
+                        return false;
+                    }
+                    if next.is_whitespace() {
+                        indented = true;
+                        continue;
+                    }
+                    return !(self == CutRule::AfterNewlineNotSlash && !indented && next == '/');
+                }
+                // Only whitespace up to the end: `\s++$` would take the whole run.
+                false
+            }
+            CutRule::BeforeWhitespace => {
+                !before.is_whitespace() && after.next().is_some_and(char::is_whitespace)
+            }
+        }
+    }
+}
+
+/// How a tokenizer tokenizes.
+enum Backend {
+    Tiktoken(&'static CoreBPE),
+    HuggingFace(Box<tokenizers::Tokenizer>),
+}
+
+/// Why a text could not be tokenized (Hugging Face models can refuse input, e.g. a word-level
+/// vocabulary without an unknown token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tokenizer {tokenizer}: {reason}")]
+pub struct TokenizeError {
+    pub tokenizer: String,
+    pub reason: String,
+}
+
+/// One tokenizer, ready to use; shared by every request (cheap to clone through `Arc`).
+pub struct Tokenizer {
+    name: String,
+    id: String,
+    kind: &'static str,
+    backend: Backend,
+    cut_rule: Option<CutRule>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `name:hash`, the identity every cache key includes.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// "tiktoken" or "huggingface".
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Where contexts may be cut into separately cached segments; None: nowhere (Hugging Face
+    /// tokenizers, whose pre-tokenizers and normalizers are arbitrary: their contexts are cached
+    /// whole, which is always exact).
+    pub fn cut_rule(&self) -> Option<CutRule> {
+        self.cut_rule
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        match &self.backend {
+            Backend::Tiktoken(bpe) => Ok(bpe.encode_ordinary(text)),
+            Backend::HuggingFace(tokenizer) => tokenizer
+                .encode(text, false)
+                .map(|encoding| encoding.get_ids().to_vec())
+                .map_err(|e| self.error(e.to_string())),
+        }
+    }
+
+    /// The IDs and the byte offset where each token starts.
+    pub fn encode_with_starts(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>), TokenizeError> {
+        match &self.backend {
+            Backend::Tiktoken(bpe) => {
+                let ids = bpe.encode_ordinary(text);
+                let mut starts = Vec::with_capacity(ids.len());
+                let mut offset = 0;
+                for id in &ids {
+                    starts.push(offset);
+                    // A token may hold part of a UTF-8 character: these are bytes.
+                    offset += bpe
+                        .decode_bytes(std::slice::from_ref(id))
+                        .map_or(0, |bytes| bytes.len());
+                }
+                Ok((ids, starts))
+            }
+            Backend::HuggingFace(tokenizer) => {
+                let encoding = tokenizer
+                    .encode(text, false)
+                    .map_err(|e| self.error(e.to_string()))?;
+                let starts = encoding
+                    .get_offsets()
+                    .iter()
+                    .map(|(start, _)| *start)
+                    .collect();
+                Ok((encoding.get_ids().to_vec(), starts))
+            }
+        }
+    }
+
+    fn error(&self, reason: String) -> TokenizeError {
+        TokenizeError {
+            tokenizer: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// A Hugging Face `tokenizer.json` (its bytes), named; truncation and padding are turned off
+    /// so that every text is tokenized whole.
+    pub fn hugging_face(name: &str, definition: &[u8]) -> Result<Self, String> {
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_bytes(definition).map_err(|e| e.to_string())?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| e.to_string())?
+            .with_padding(None);
+        let hash = Sha256::digest(definition);
+        Ok(Self {
+            name: name.to_owned(),
+            id: format!("{name}:{}", hex::encode(&hash[..8])),
+            kind: "huggingface",
+            backend: Backend::HuggingFace(Box::new(tokenizer)),
+            cut_rule: None,
+        })
+    }
+}
+
+/// The process-wide tiktoken encodings: building one takes a few hundred milliseconds, so each is
+/// built on first use and then shared by every service instance and request of the process.
+fn tiktoken(name: &str) -> Option<Arc<Tokenizer>> {
+    static CELLS: [OnceLock<Option<Arc<Tokenizer>>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let index = TIKTOKEN_ENCODINGS.iter().position(|(n, _)| *n == name)?;
+    CELLS[index]
+        .get_or_init(|| {
+            let (name, max_rank) = TIKTOKEN_ENCODINGS[index];
+            let (bpe, cut_rule): (&'static CoreBPE, CutRule) = match name {
+                "cl100k_base" => (tiktoken_rs::cl100k_base_singleton(), CutRule::AfterNewline),
+                "o200k_base" => (
+                    tiktoken_rs::o200k_base_singleton(),
+                    CutRule::AfterNewlineNotSlash,
+                ),
+                "p50k_base" => (
+                    tiktoken_rs::p50k_base_singleton(),
+                    CutRule::BeforeWhitespace,
+                ),
+                "r50k_base" => (
+                    tiktoken_rs::r50k_base_singleton(),
+                    CutRule::BeforeWhitespace,
+                ),
+                _ => return None,
+            };
+            let id = format!("{name}:{}", definition_hash(name, bpe, max_rank));
+            Some(Arc::new(Tokenizer {
+                name: name.to_owned(),
+                id,
+                kind: "tiktoken",
+                backend: Backend::Tiktoken(bpe),
+                cut_rule: Some(cut_rule),
+            }))
+        })
+        .clone()
+}
+
+/// SHA-256 over the vocabulary (each rank's bytes) and the special tokens, first 16 hex digits.
+fn definition_hash(name: &str, bpe: &CoreBPE, max_rank: u32) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"tiktoken\0");
+    hasher.update(name.as_bytes());
+    for rank in 0..=max_rank {
+        match bpe.decode_bytes(&[rank]) {
+            Ok(bytes) => {
+                hasher.update((bytes.len() as u32).to_le_bytes());
+                hasher.update(&bytes);
+            }
+            Err(_) => hasher.update(u32::MAX.to_le_bytes()),
+        }
+    }
+    let mut specials: Vec<&str> = bpe.special_tokens().into_iter().collect();
+    specials.sort_unstable();
+    for special in specials {
+        hasher.update(special.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// Why a tokenizer name could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tokenizer or model {name:?} (known tokenizers: {known})")]
+pub struct UnknownTokenizer {
+    pub name: String,
+    pub known: String,
+}
+
+/// A Hugging Face tokenizer named in configuration: `[[token_cache.tokenizers]]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerFile {
+    pub name: String,
+    /// A `tokenizer.json` file.
+    pub path: std::path::PathBuf,
+}
+
+/// Resolves the `tokenizer` field of a request: a tokenizer name, or a model id mapped to one by
+/// configuration, or an OpenAI model name tiktoken-rs knows.
+#[derive(Debug, Clone)]
+pub struct TokenizerRegistry {
+    /// model id -> tokenizer name, from configuration.
+    models: BTreeMap<String, String>,
+    /// Hugging Face tokenizers by name, loaded once at start.
+    files: BTreeMap<String, Arc<Tokenizer>>,
+}
+
+impl TokenizerRegistry {
+    /// The tiktoken encodings only, no model map.
+    pub fn builtin() -> Self {
+        Self {
+            models: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Loads the configured tokenizer files and checks the model map. Fails (naming the key) on
+    /// a file that cannot be read or parsed, a name given twice or taken by a tiktoken encoding,
+    /// and a model mapped to a tokenizer that does not exist.
+    pub fn new(models: &BTreeMap<String, String>, files: &[TokenizerFile]) -> Result<Self, String> {
+        let mut loaded = BTreeMap::new();
+        for (index, file) in files.iter().enumerate() {
+            let key = format!("tokenizers[{index}]");
+            if file.name.is_empty() {
+                return Err(format!("{key}.name: must not be empty"));
+            }
+            if TIKTOKEN_ENCODINGS.iter().any(|(n, _)| *n == file.name)
+                || loaded.contains_key(&file.name)
+            {
+                return Err(format!(
+                    "{key}.name: {:?} is already a tokenizer",
+                    file.name
+                ));
+            }
+            let bytes = std::fs::read(&file.path)
+                .map_err(|e| format!("{key}.path: {}: {e}", file.path.display()))?;
+            let tokenizer = Tokenizer::hugging_face(&file.name, &bytes).map_err(|e| {
+                format!(
+                    "{key}.path: {}: not a tokenizer.json: {e}",
+                    file.path.display()
+                )
+            })?;
+            loaded.insert(file.name.clone(), Arc::new(tokenizer));
+        }
+        let registry = Self {
+            models: models.clone(),
+            files: loaded,
+        };
+        for (model, tokenizer) in models {
+            if !registry.names().contains(tokenizer) {
+                return Err(format!(
+                    "models.{model}: unknown tokenizer {tokenizer:?} (known: {})",
+                    registry.names().join(", ")
+                ));
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Every tokenizer name: the tiktoken encodings, then the configured files.
+    pub fn names(&self) -> Vec<String> {
+        TIKTOKEN_ENCODINGS
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .chain(self.files.keys().cloned())
+            .collect()
+    }
+
+    /// The tokenizer for a name or a model id. Building a tiktoken encoding the first time is CPU
+    /// work of a few hundred milliseconds; the service does it at start, off the runtime.
+    pub fn resolve(&self, name_or_model: &str) -> Result<Arc<Tokenizer>, UnknownTokenizer> {
+        let name = match self.models.get(name_or_model) {
+            Some(mapped) => mapped.as_str(),
+            None => name_or_model,
+        };
+        if let Some(tokenizer) = self.files.get(name) {
+            return Ok(tokenizer.clone());
+        }
+        if let Some(tokenizer) = tiktoken(name) {
+            return Ok(tokenizer);
+        }
+        let from_model = tiktoken_rs::tokenizer::get_tokenizer(name).and_then(|t| match t {
+            tiktoken_rs::tokenizer::Tokenizer::Cl100kBase => tiktoken("cl100k_base"),
+            tiktoken_rs::tokenizer::Tokenizer::O200kBase => tiktoken("o200k_base"),
+            tiktoken_rs::tokenizer::Tokenizer::P50kBase => tiktoken("p50k_base"),
+            tiktoken_rs::tokenizer::Tokenizer::R50kBase
+            | tiktoken_rs::tokenizer::Tokenizer::Gpt2 => tiktoken("r50k_base"),
+            _ => None,
+        });
+        from_model.ok_or_else(|| UnknownTokenizer {
+            name: name_or_model.to_owned(),
+            known: self.names().join(", "),
+        })
+    }
+
+    /// Every tokenizer with the configured models mapped to it.
+    pub fn list(&self) -> Vec<(Arc<Tokenizer>, Vec<String>)> {
+        let mut models_by_tokenizer: HashMap<&str, Vec<String>> = HashMap::new();
+        for (model, tokenizer) in &self.models {
+            models_by_tokenizer
+                .entry(tokenizer.as_str())
+                .or_default()
+                .push(model.clone());
+        }
+        self.names()
+            .into_iter()
+            .filter_map(|name| {
+                let models = models_by_tokenizer
+                    .remove(name.as_str())
+                    .unwrap_or_default();
+                self.resolve(&name)
+                    .ok()
+                    .map(|tokenizer| (tokenizer, models))
+            })
+            .collect()
+    }
+}
