@@ -23,7 +23,8 @@ const SECONDS_BUCKETS: [f64; 19] = [
     2.5, 5.0, 10.0, 30.0, 120.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The outcome of the one installation per process; concurrent first callers wait for it.
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 #[derive(Debug, thiserror::Error)]
 #[error("installing the Prometheus recorder failed: {0}")]
@@ -32,23 +33,19 @@ pub struct MetricsError(String);
 /// Installs the global recorder on first use (with `track` as a global label) and returns its
 /// handle; later calls return the same handle, whatever their `track`.
 pub fn install(track: &str) -> Result<PrometheusHandle, MetricsError> {
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .add_global_label("track", track)
-        .set_buckets(&SECONDS_BUCKETS)
-        .map_err(|e| MetricsError(e.to_string()))?
-        .build_recorder();
-    let handle = recorder.handle();
-    // Two threads may race to here; the loser's recorder is dropped and its handle discarded.
-    if metrics::set_global_recorder(recorder).is_ok() {
-        let _ = HANDLE.set(handle);
-    }
     HANDLE
-        .get()
-        .cloned()
-        .ok_or_else(|| MetricsError("another metrics recorder is installed".into()))
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .add_global_label("track", track)
+                .set_buckets(&SECONDS_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            Ok(handle)
+        })
+        .clone()
+        .map_err(MetricsError)
 }
 
 /// Whether the process should receive traffic: false from the start of shutdown on, so that
