@@ -16,17 +16,19 @@ run: build
 build:
 	$(CARGO) build --workspace
 
-## make test: services up (Postgres with pgvector, Redis), tools, deploy-check, fmt check, clippy, every test.
+## make test: services up (Postgres with pgvector, Redis), tools, deploy-check, fmt check, clippy
+## (which also compiles the benchmarks), every test. Benchmarks run with `make bench`, not here:
+## some load millions of rows.
 test: services tools deploy-check fmt-check lint
 	services_env=$$(scripts/services.sh env) && tools_env=$$(scripts/tools.sh env) && \
 	eval "$$services_env" && eval "$$tools_env" && \
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --lib --bins --tests
 
 ## make test-only: the tests alone, for a quick rerun after `make test` set things up.
 test-only:
 	services_env=$$(scripts/services.sh env) && tools_env=$$(scripts/tools.sh env) && \
 	eval "$$services_env" && eval "$$tools_env" && \
-	$(CARGO) test --workspace --all-targets $(ARGS)
+	$(CARGO) test --workspace --lib --bins --tests $(ARGS)
 
 ## make deploy-check: render, lint and validate the Helm chart, promtool rule tests, canary gate tests.
 deploy-check: tools
