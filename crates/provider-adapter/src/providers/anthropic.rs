@@ -13,7 +13,7 @@ use super::sse::{SseEvent, SseStep, event_stream};
 use super::{
     ChatRequest, Completion, Embeddings, ErrorKind, EventStream, FinishReason, ImageSource, Part,
     Provider, ProviderError, ProviderFuture, ProviderResult, Role, StreamEvent, Usage, base64_data,
-    json_u64, read_json, send,
+    json_u64, post_json, read_json, send,
 };
 use crate::catalog::{ModelEntry, ProviderEntry};
 
@@ -30,26 +30,14 @@ impl Anthropic {
     }
 
     fn post(&self, body: &Value) -> ProviderResult<reqwest::RequestBuilder> {
-        let mut request = self
-            .client
-            .post(format!("{}/v1/messages", self.provider.base_url))
-            .header("anthropic-version", API_VERSION)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(body).unwrap_or_default());
-        match (&self.provider.api_key, &self.provider.key_source) {
-            (Some(key), _) => request = request.header("x-api-key", key.expose()),
-            (None, Some(source)) => {
-                return Err(ProviderError::new(
-                    ErrorKind::MissingCredentials,
-                    format!(
-                        "no API key for provider {}: {source} is not set",
-                        self.provider.name
-                    ),
-                ));
-            }
-            (None, None) => {}
-        }
-        Ok(request)
+        post_json(
+            &self.client,
+            &self.provider,
+            format!("{}/v1/messages", self.provider.base_url),
+            body,
+            |request, key| request.header("x-api-key", key),
+        )
+        .map(|request| request.header("anthropic-version", API_VERSION))
     }
 
     async fn call(&self, model: &ModelEntry, request: &ChatRequest) -> ProviderResult<Completion> {

@@ -13,7 +13,7 @@ use super::sse::{SseEvent, SseStep, event_stream};
 use super::{
     ChatRequest, Completion, Embeddings, ErrorKind, EventStream, FinishReason, ImageSource, Part,
     Provider, ProviderError, ProviderFuture, ProviderResult, Role, StreamEvent, Usage, base64_data,
-    json_u64, read_json, send,
+    json_u64, post_json, read_json, send,
 };
 use crate::catalog::{ModelEntry, ProviderEntry};
 
@@ -33,28 +33,17 @@ impl Gemini {
         method: &str,
         body: &Value,
     ) -> ProviderResult<reqwest::RequestBuilder> {
-        let mut request = self
-            .client
-            .post(format!(
+        post_json(
+            &self.client,
+            &self.provider,
+            format!(
                 "{}/v1beta/models/{}:{method}",
                 self.provider.base_url, model.upstream_model
-            ))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(body).unwrap_or_default());
-        match (&self.provider.api_key, &self.provider.key_source) {
-            (Some(key), _) => request = request.header("x-goog-api-key", key.expose()),
-            (None, Some(source)) => {
-                return Err(ProviderError::new(
-                    ErrorKind::MissingCredentials,
-                    format!(
-                        "no API key for provider {}: {source} is not set",
-                        self.provider.name
-                    ),
-                ));
-            }
-            (None, None) => {}
-        }
-        Ok(request)
+            ),
+            body,
+            // In a header, never in the URL: URLs end up in logs.
+            |request, key| request.header("x-goog-api-key", key),
+        )
     }
 
     async fn call(&self, model: &ModelEntry, request: &ChatRequest) -> ProviderResult<Completion> {

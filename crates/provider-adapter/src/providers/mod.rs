@@ -457,6 +457,34 @@ pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest
 }
 
 /// Sends `request` and turns a non-2xx answer into a classified error.
+/// A JSON POST to `url` with the provider's API key attached by `authorize` (each API names its
+/// key header differently). A key whose source is configured but empty fails as
+/// `MissingCredentials`, so the fallback chain moves on; a provider without a key (a local
+/// server) sends none.
+pub(crate) fn post_json(
+    client: &reqwest::Client,
+    provider: &ProviderEntry,
+    url: String,
+    body: &serde_json::Value,
+    authorize: impl FnOnce(reqwest::RequestBuilder, &str) -> reqwest::RequestBuilder,
+) -> ProviderResult<reqwest::RequestBuilder> {
+    let request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(body).unwrap_or_default());
+    match (&provider.api_key, &provider.key_source) {
+        (Some(key), _) => Ok(authorize(request, key.expose())),
+        (None, Some(source)) => Err(ProviderError::new(
+            ErrorKind::MissingCredentials,
+            format!(
+                "no API key for provider {}: {source} is not set",
+                provider.name
+            ),
+        )),
+        (None, None) => Ok(request),
+    }
+}
+
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     provider: &ProviderEntry,

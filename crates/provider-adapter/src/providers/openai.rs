@@ -11,7 +11,7 @@ use super::sse::{SseEvent, SseStep, event_stream};
 use super::{
     ChatRequest, Completion, Embeddings, ErrorKind, EventStream, FinishReason, Part, Provider,
     ProviderError, ProviderFuture, ProviderResult, StreamEvent, Usage, base64_data, json_u64,
-    read_json, send, token_ids,
+    post_json, read_json, send, token_ids,
 };
 use crate::catalog::{ModelEntry, ProviderEntry};
 
@@ -26,25 +26,13 @@ impl OpenAi {
     }
 
     fn post(&self, path: &str, body: &Value) -> ProviderResult<reqwest::RequestBuilder> {
-        let mut request = self
-            .client
-            .post(format!("{}{path}", self.provider.base_url))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(body).unwrap_or_default());
-        match (&self.provider.api_key, &self.provider.key_source) {
-            (Some(key), _) => request = request.bearer_auth(key.expose()),
-            (None, Some(source)) => {
-                return Err(ProviderError::new(
-                    ErrorKind::MissingCredentials,
-                    format!(
-                        "no API key for provider {}: {source} is not set",
-                        self.provider.name
-                    ),
-                ));
-            }
-            (None, None) => {}
-        }
-        Ok(request)
+        post_json(
+            &self.client,
+            &self.provider,
+            format!("{}{path}", self.provider.base_url),
+            body,
+            |request, key| request.bearer_auth(key),
+        )
     }
 
     async fn call(&self, model: &ModelEntry, request: &ChatRequest) -> ProviderResult<Completion> {
