@@ -4,7 +4,6 @@
 //! registry (the `grpc_service` label tells services apart). Every series carries a `track`
 //! label (`stable` or `canary`) so that a canary can be compared with stable.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -88,11 +87,6 @@ pub async fn serve_http(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.triggered().await })
         .await
-}
-
-/// Binds a metrics listener, for callers that want the address before serving.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
