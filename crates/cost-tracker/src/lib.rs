@@ -1,6 +1,6 @@
 //! tollgate-cost-tracker: the usage and cost ledger, budgets with reserve and settle, spend
-//! reports and exports, and the client-side [`outbox`] that callers (the router) use so that no
-//! record is lost while the service is unreachable.
+//! reports and exports. Callers hand it records through the client-side outbox in
+//! tollgate-cost-outbox, so that no record is lost while the service is unreachable.
 //!
 //! Exposes [`serve`], which the `tollgate` binary calls for `--target cost-tracker` (and for
 //! `--target all`). Talks to Postgres (`storage.database_url`) or, by default, SQLite
@@ -11,7 +11,6 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod model;
-pub mod outbox;
 pub mod pricing;
 pub mod service;
 pub mod store;

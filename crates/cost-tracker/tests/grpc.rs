@@ -419,7 +419,7 @@ async fn the_hard_limit_holds_across_instances_under_concurrency() -> TestResult
     Ok(())
 }
 
-async fn wait_until_flushed(outbox: &tollgate_cost_tracker::outbox::CostOutbox) -> TestResult {
+async fn wait_until_flushed(outbox: &tollgate_cost_outbox::CostOutbox) -> TestResult {
     for _ in 0..600 {
         if outbox.pending() == 0 {
             return Ok(());
@@ -434,7 +434,7 @@ async fn wait_until_flushed(outbox: &tollgate_cost_tracker::outbox::CostOutbox) 
 /// replaying again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_outbox_replays_after_the_service_was_down() -> TestResult {
-    use tollgate_cost_tracker::outbox::{CostOutbox, OutboxConfig};
+    use tollgate_cost_outbox::{CostOutbox, OutboxConfig};
     let dir = common::temp_dir("grpc-outbox");
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -509,7 +509,7 @@ async fn the_outbox_replays_after_the_service_was_down() -> TestResult {
 /// invalid is kept in `rejected.spool` instead of being retried forever or dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_outbox_flushes_on_shutdown_and_keeps_refused_records() -> TestResult {
-    use tollgate_cost_tracker::outbox::{CostOutbox, OutboxConfig};
+    use tollgate_cost_outbox::{CostOutbox, OutboxConfig};
     let dir = common::temp_dir("grpc-outbox-flush");
     let (gateway, mut client) = start(embedded_config(&dir)).await?;
     let mut outbox_config = OutboxConfig::new(dir.join("spool"));

@@ -1,5 +1,5 @@
-//! The client-side outbox: how a caller (the router) hands usage records to the cost-tracker
-//! without ever losing one, whether the service is up, slow or down.
+//! tollgate-cost-outbox: the client-side outbox, how a caller (the router) hands usage records
+//! to the cost-tracker without ever losing one, whether the service is up, slow or down.
 //!
 //! - [`CostOutbox::submit`] puts a record in a bounded in-memory queue; when the queue is full,
 //!   or the service is known to be down, records go to the on-disk spool instead (appended,
