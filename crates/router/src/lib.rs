@@ -11,8 +11,10 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod policy;
 pub mod quality;
 pub mod scoring;
+pub mod tier;
 
 pub use config::RouterConfig;
 pub use error::RouterStartError;
