@@ -1,5 +1,6 @@
-//! Errors of the router service. Start-up errors (bad listener, store unreachable at start) are
-//! kept apart from request errors, which map onto tollgate-kit's shared code table.
+//! Errors of the router service. Start-up errors (bad listener, bad policy, spool directory)
+//! are kept apart from request errors, which are `tonic::Status` values built with
+//! tollgate-kit's shared code table where they arise.
 
 use tollgate_kit::grpc::ServeError;
 
@@ -8,4 +9,12 @@ use tollgate_kit::grpc::ServeError;
 pub enum RouterStartError {
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Peer(#[from] tollgate_kit::grpc::client::ClientError),
+    #[error(transparent)]
+    Outbox(#[from] tollgate_cost_outbox::OutboxError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("router patterns: {0}")]
+    Pattern(#[from] regex::Error),
 }

@@ -1,32 +1,87 @@
-//! tollgate-router: the front door: request validation, tenant auth, routing policy, escalation, the request pipeline and feedback.
+//! tollgate-router: the front door: request validation, tenant auth, routing policy, escalation,
+//! the request pipeline and feedback.
 //!
 //! Exposes [`serve`], which the `tollgate` binary calls for `--target router` (and for
-//! `--target all`). Talks to every other service through tollgate-proto clients. Like every service crate it depends on tollgate-kit and
-//! tollgate-proto only, never on another service crate.
+//! `--target all`). Talks to every other service through tollgate-proto clients, and hands cost
+//! records to the cost-tracker through tollgate-cost-outbox. Like every service crate it depends
+//! on tollgate-kit and tollgate-proto (and client libraries) only, never on another service crate.
 //!
-//! Status: the contract (`tollgate.v1.Router`) is served with health and reflection, and every RPC
-//! answers UNIMPLEMENTED until the router issue implements it (see [`grpc`]).
+//! Layout: [`classify`] (complexity), [`policy`] (the decision, hot reload), [`catalog`] (models
+//! by tier), [`pipeline`] (the request path), [`grpc`] (proto <-> domain).
 
+pub mod catalog;
 pub mod classify;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod pipeline;
 pub mod policy;
 pub mod quality;
 pub mod scoring;
 pub mod tier;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 pub use config::RouterConfig;
 pub use error::RouterStartError;
 
+use tollgate_cost_outbox::{CostOutbox, OutboxConfig};
 use tollgate_kit::grpc::GrpcServer;
+use tollgate_kit::grpc::client::connect_lazy;
 use tollgate_kit::service::ServiceEnv;
+use tollgate_proto::v1::case_bank_client::CaseBankClient;
+use tollgate_proto::v1::cost_tracker_client::CostTrackerClient;
+use tollgate_proto::v1::provider_adapter_client::ProviderAdapterClient;
 use tollgate_proto::v1::router_server::RouterServer;
+use tollgate_proto::v1::token_cache_client::TokenCacheClient;
+
+use crate::catalog::CatalogHandle;
+use crate::pipeline::{Dependencies, Idempotency, Pipeline, Timeouts};
+use crate::policy::PolicyHandle;
 
 /// Serves `tollgate.v1.Router` on `env.listener` until `env.shutdown` triggers, then drains.
 pub async fn serve(config: RouterConfig, env: ServiceEnv) -> Result<(), RouterStartError> {
     tracing::debug!(?config, "starting router");
-    let service = RouterServer::new(grpc::RouterApi)
+    let connect_timeout = Duration::from_millis(env.peers.connect_timeout_ms);
+    let channel = |url: &str| connect_lazy(url, connect_timeout);
+    let provider_channel = channel(&env.peers.provider_adapter)?;
+    let cost_channel = channel(&env.peers.cost_tracker)?;
+    let outbox = CostOutbox::start(
+        OutboxConfig::new(env.storage.data_dir.join("router").join("cost-outbox")),
+        cost_channel.clone(),
+        &env.shutdown,
+    )?;
+    let deps = Dependencies {
+        provider: ProviderAdapterClient::new(provider_channel.clone()),
+        token_cache: TokenCacheClient::new(channel(&env.peers.token_cache)?),
+        casebank: CaseBankClient::new(channel(&env.peers.casebank)?),
+        cost: CostTrackerClient::new(cost_channel),
+        outbox,
+    };
+    let policy = match &config.policy_file {
+        Some(path) => PolicyHandle::watch_file(path.clone(), &env.shutdown)?,
+        None => {
+            config.policy.validate()?;
+            PolicyHandle::new(config.policy.clone())
+        }
+    };
+    let catalog = CatalogHandle::new(provider_channel);
+    catalog.spawn_refresher(&env.shutdown);
+    let pipeline = Arc::new(Pipeline {
+        deps,
+        catalog,
+        policy,
+        classifier: classify::Classifier::new()?,
+        idempotency: Idempotency::default(),
+        timeouts: Timeouts {
+            token_cache: Duration::from_millis(config.token_cache_timeout_ms),
+            case_store: Duration::from_millis(config.case_store_timeout_ms),
+        },
+        shutdown: env.shutdown.clone(),
+    });
+    let api = grpc::RouterApi::new(pipeline, pipeline::generate::AnswerChecks::new()?);
+    let service = RouterServer::new(api)
         .max_decoding_message_size(env.server.max_message_bytes)
         .max_encoding_message_size(env.server.max_message_bytes);
     GrpcServer::new(

@@ -11,7 +11,7 @@ use tollgate_provider_adapter::ProviderAdapterConfig;
 use tollgate_router::RouterConfig;
 use tollgate_token_cache::TokenCacheConfig;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub telemetry: TelemetryConfig,
