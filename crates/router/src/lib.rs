@@ -40,6 +40,33 @@ use crate::catalog::CatalogHandle;
 use crate::pipeline::{Dependencies, Idempotency, Pipeline, Timeouts};
 use crate::policy::PolicyHandle;
 
+/// Connects to the dependencies in the background right away, so that the first requests do
+/// not spend their casebank and token-cache time budgets on connection set-up (the channels are
+/// lazy). Failures are fine: the channels reconnect on use.
+fn warm_up(deps: &Dependencies, shutdown: &tollgate_kit::shutdown::Shutdown) {
+    let mut casebank = deps.casebank.clone();
+    let mut token_cache = deps.token_cache.clone();
+    let mut cost = deps.cost.clone();
+    let stop = shutdown.clone();
+    shutdown.spawn_tracked(async move {
+        let warm = async {
+            let _ = casebank
+                .case_stats(tollgate_proto::v1::CaseStatsRequest::default())
+                .await;
+            let _ = token_cache
+                .list_tokenizers(tollgate_proto::v1::ListTokenizersRequest::default())
+                .await;
+            let _ = cost
+                .list_budgets(tollgate_proto::v1::ListBudgetsRequest::default())
+                .await;
+        };
+        tokio::select! {
+            _ = stop.triggered() => {}
+            _ = tokio::time::timeout(Duration::from_secs(10), warm) => {}
+        }
+    });
+}
+
 /// Serves `tollgate.v1.Router` on `env.listener` until `env.shutdown` triggers, then drains.
 pub async fn serve(config: RouterConfig, env: ServiceEnv) -> Result<(), RouterStartError> {
     tracing::debug!(?config, "starting router");
@@ -68,6 +95,7 @@ pub async fn serve(config: RouterConfig, env: ServiceEnv) -> Result<(), RouterSt
     };
     let catalog = CatalogHandle::new(provider_channel);
     catalog.spawn_refresher(&env.shutdown);
+    warm_up(&deps, &env.shutdown);
     let pipeline = Arc::new(Pipeline {
         deps,
         catalog,

@@ -1,0 +1,415 @@
+//! The router end to end: all five services in one process (embedded stores, the offline mock
+//! provider or a fake OpenAI upstream in its real wire format), driven through the Router's
+//! gRPC API and checked against what the other services recorded.
+
+use std::time::Duration;
+
+use tollgate::config::Config;
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::case_bank_client::CaseBankClient;
+use tollgate_proto::v1::cost_tracker_client::CostTrackerClient;
+use tollgate_proto::v1::router_client::RouterClient;
+use tollgate_provider_adapter::config::{ModelConfig, ProviderConfig, ProviderKind, TierName};
+use tollgate_test_support::fake_upstream::{FakeKind, FakeReply, FakeUpstream};
+use tollgate_test_support::{ServiceTarget as Target, TestGateway, TestResult};
+
+type Router = RouterClient<tollgate_kit::grpc::client::TracedChannel>;
+
+fn user(text: &str) -> pb::Message {
+    pb::Message {
+        role: pb::Role::User as i32,
+        text: text.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn ask(tenant: &str, text: &str) -> pb::CompleteRequest {
+    pb::CompleteRequest {
+        tenant: tenant.to_owned(),
+        messages: vec![user(text)],
+        ..Default::default()
+    }
+}
+
+fn png() -> pb::ContentPart {
+    pb::ContentPart {
+        part: Some(pb::content_part::Part::Image(pb::Image {
+            source: Some(pb::image::Source::Data(
+                b"\x89PNG\r\n\x1a\n-pixels-".to_vec(),
+            )),
+            mime_type: "image/png".into(),
+        })),
+    }
+}
+
+/// Total recorded spend of `tenant`, once the outbox has delivered `records` records (it
+/// batches in the background).
+async fn wait_for_spend(
+    gateway: &TestGateway,
+    tenant: &str,
+    records: u64,
+) -> TestResult<pb::SpendRow> {
+    let mut client = CostTrackerClient::new(gateway.channel(Target::CostTracker)?);
+    let mut last = pb::SpendRow::default();
+    for _ in 0..100 {
+        let response = client
+            .get_spend(pb::GetSpendRequest {
+                filter: Some(pb::SpendFilter {
+                    tenant: tenant.to_owned(),
+                    ..Default::default()
+                }),
+                group_by: pb::SpendGroupBy::Tenant as i32,
+                range: None,
+            })
+            .await?
+            .into_inner();
+        last = response.rows.into_iter().next().unwrap_or_default();
+        if last.requests >= records {
+            return Ok(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("spend of {tenant} never reached {records} records: {last:?}").into())
+}
+
+/// The embedded default, with time budgets for a loaded test machine: these tests check what
+/// the case bank says, not how fast it says it (the benchmark does that).
+fn config() -> Config {
+    let mut config = Config::default();
+    config.router.policy.casebank.timeout_ms = 3000;
+    config.router.token_cache_timeout_ms = 3000;
+    config
+}
+
+fn router(gateway: &TestGateway) -> TestResult<Router> {
+    Ok(RouterClient::new(gateway.channel(Target::Router)?))
+}
+
+#[tokio::test]
+async fn a_request_is_routed_answered_accounted_and_becomes_a_case() -> TestResult {
+    let gateway = TestGateway::start_with(config(), Target::All).await?;
+    let mut router = router(&gateway)?;
+
+    let response = router.complete(ask("acme", "hi")).await?.into_inner();
+    let decision = response.decision.clone().unwrap_or_default();
+    assert_eq!(decision.model, "mock-cheap", "{decision:?}");
+    assert_eq!(decision.tier, pb::Tier::Cheap as i32);
+    assert!(
+        decision.reasons.contains(&"complexity".to_owned()),
+        "{decision:?}"
+    );
+    assert!(
+        decision.reasons.contains(&"casebank_cold_start".to_owned()),
+        "{decision:?}"
+    );
+    assert!(decision.switches.contains(&"routing=on".to_owned()));
+    assert!(decision.explanation.ends_with('.'));
+    assert!(!response.text.is_empty());
+    let usage = response.usage.unwrap_or_default();
+    assert!(
+        usage.input_tokens > 0 && usage.output_tokens > 0,
+        "{usage:?}"
+    );
+    assert_eq!(response.attempts.len(), 1);
+    assert_eq!(response.case_id, format!("acme:{}", response.request_id));
+
+    // Exactly the answer's cost reaches the ledger, once.
+    let spend = wait_for_spend(&gateway, "acme", 1).await?;
+    assert_eq!(spend.cost_usd, response.cost_usd);
+    assert_eq!(spend.requests, 1);
+
+    // The same request id and body again: the first answer, not a second call or charge.
+    let mut again = ask("acme", "hi");
+    again.request_id = response.request_id.clone();
+    let replay = router.complete(again).await?.into_inner();
+    assert_eq!(replay.text, response.text);
+    let mut other_body = ask("acme", "hello there");
+    other_body.request_id = response.request_id.clone();
+    let refused = router
+        .complete(other_body)
+        .await
+        .err()
+        .ok_or("reuse accepted")?;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("request_id"), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(wait_for_spend(&gateway, "acme", 1).await?.requests, 1);
+
+    // Feedback sets the reward of the stored case.
+    let feedback = router
+        .feedback(pb::FeedbackRequest {
+            request_id: response.request_id.clone(),
+            reward: 0.9,
+            note: "good".into(),
+        })
+        .await;
+    // Feedback acts for the caller's tenant; without auth that is "default", not "acme".
+    assert_eq!(
+        feedback.err().map(|s| s.code()),
+        Some(tonic::Code::NotFound)
+    );
+    let mut casebank = CaseBankClient::new(gateway.channel(Target::Casebank)?);
+    let stored = casebank
+        .get_case(pb::GetCaseRequest {
+            tenant: "acme".into(),
+            case_id: response.case_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .case
+        .unwrap_or_default();
+    assert_eq!(stored.task, "hi");
+    assert_eq!(stored.action.unwrap_or_default().model, "mock-cheap");
+    gateway.stop().await
+}
+
+#[tokio::test]
+async fn critical_agents_get_premium_and_images_get_a_vision_model() -> TestResult {
+    let gateway = TestGateway::start_with(config(), Target::All).await?;
+    let mut router = router(&gateway)?;
+
+    let mut legal = ask("acme", "hi");
+    legal.agent = "legal".into();
+    legal.hints = Some(pb::RoutingHints {
+        force_tier: pb::Tier::Cheap as i32,
+        ..Default::default()
+    });
+    let decision = router
+        .route(pb::RouteRequest {
+            request: Some(legal),
+        })
+        .await?
+        .into_inner()
+        .decision
+        .unwrap_or_default();
+    assert_eq!(decision.model, "mock-premium", "{decision:?}");
+    assert!(decision.reasons.contains(&"critical_agent".to_owned()));
+
+    let mut picture = ask("acme", "what is this?");
+    picture.messages[0].parts.push(png());
+    let response = router.complete(picture).await?.into_inner();
+    let decision = response.decision.unwrap_or_default();
+    // The cheap mock model has no vision: the cheapest vision model is the standard one.
+    assert_eq!(decision.model, "mock-standard", "{decision:?}");
+    assert!(decision.reasons.contains(&"vision".to_owned()));
+
+    let mut broken = ask("acme", "what is this?");
+    broken.messages[0].parts.push(pb::ContentPart {
+        part: Some(pb::content_part::Part::Image(pb::Image {
+            source: Some(pb::image::Source::Data(b"GIF89a".to_vec())),
+            mime_type: "image/png".into(),
+        })),
+    });
+    let refused = router
+        .complete(broken)
+        .await
+        .err()
+        .ok_or("malformed image accepted")?;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("messages[0].parts[0].image"),
+        "{refused:?}"
+    );
+    gateway.stop().await
+}
+
+#[tokio::test]
+async fn a_hard_budget_refuses_and_records_nothing() -> TestResult {
+    let gateway = TestGateway::start_with(config(), Target::All).await?;
+    let mut router = router(&gateway)?;
+    let mut cost = CostTrackerClient::new(gateway.channel(Target::CostTracker)?);
+    cost.set_budget(pb::SetBudgetRequest {
+        budget: Some(pb::Budget {
+            scope: Some(pb::BudgetScope {
+                tenant: "tight".into(),
+                ..Default::default()
+            }),
+            period: pb::BudgetPeriod::Month as i32,
+            soft_limit_usd: String::new(),
+            hard_limit_usd: "0.000001".into(),
+        }),
+    })
+    .await?;
+    let refused = router
+        .complete(ask("tight", "hi"))
+        .await
+        .err()
+        .ok_or("over-budget request served")?;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("budget"), "{refused:?}");
+
+    let empty = router.complete(pb::CompleteRequest {
+        tenant: "tight".into(),
+        ..Default::default()
+    });
+    let refused = empty.await.err().ok_or("empty request served")?;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("messages"));
+
+    // A cap in the request itself.
+    let mut capped = ask("acme", "hi");
+    capped.hints = Some(pb::RoutingHints {
+        max_cost_usd: "0.0000001".into(),
+        ..Default::default()
+    });
+    let refused = router
+        .complete(capped)
+        .await
+        .err()
+        .ok_or("capped request served")?;
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("hints.max_cost_usd"),
+        "{refused:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut client = CostTrackerClient::new(gateway.channel(Target::CostTracker)?);
+    let spend = client
+        .get_spend(pb::GetSpendRequest {
+            filter: None,
+            group_by: pb::SpendGroupBy::Tenant as i32,
+            range: None,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        spend.rows.is_empty(),
+        "refused requests were recorded: {spend:?}"
+    );
+    gateway.stop().await
+}
+
+#[tokio::test]
+async fn a_stream_sends_decision_deltas_and_end_and_is_accounted() -> TestResult {
+    let gateway = TestGateway::start_with(config(), Target::All).await?;
+    let mut router = router(&gateway)?;
+    let mut stream = router
+        .complete_stream(pb::CompleteStreamRequest {
+            request: Some(ask(
+                "streamer",
+                "Tell me a short story about a lighthouse keeper.",
+            )),
+        })
+        .await?
+        .into_inner();
+    let mut kinds = Vec::new();
+    let mut text = String::new();
+    let mut end = None;
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(pb::complete_stream_response::Event::Decision(_)) => kinds.push("decision"),
+            Some(pb::complete_stream_response::Event::Delta(delta)) => {
+                if kinds.last() != Some(&"delta") {
+                    kinds.push("delta");
+                }
+                text.push_str(&delta.text);
+            }
+            Some(pb::complete_stream_response::Event::End(last)) => {
+                kinds.push("end");
+                end = Some(last);
+            }
+            None => {}
+        }
+    }
+    assert_eq!(kinds, ["decision", "delta", "end"]);
+    let end = end.ok_or("no end event")?;
+    assert_eq!(end.text, text);
+    let usage = end.usage.unwrap_or_default();
+    assert!(
+        usage.output_tokens > 0,
+        "a stream must never be recorded as zero tokens"
+    );
+    let spend = wait_for_spend(&gateway, "streamer", 1).await?;
+    assert_eq!(spend.cost_usd, end.cost_usd);
+    assert_eq!(spend.output_tokens, usage.output_tokens);
+    gateway.stop().await
+}
+
+/// A configuration whose cheap and premium models live on a fake OpenAI server.
+fn fake_openai_config(upstream: &FakeUpstream) -> Config {
+    let mut config = config();
+    let adapter = &mut config.provider_adapter;
+    adapter.providers = vec![ProviderConfig::new(
+        "fake",
+        ProviderKind::Openai,
+        &upstream.base_url(),
+    )];
+    let model = |id: &str, tier: TierName, price: &str| ModelConfig {
+        id: id.to_owned(),
+        provider: "fake".to_owned(),
+        upstream_model: None,
+        tier,
+        capabilities: Vec::new(),
+        context_window: 8_192,
+        max_output_tokens: 512,
+        input_per_mtok_usd: price.to_owned(),
+        output_per_mtok_usd: price.to_owned(),
+        cached_input_per_mtok_usd: None,
+        cache_write_per_mtok_usd: None,
+        tokenizer: "o200k_base".to_owned(),
+        embedding_dimensions: None,
+    };
+    adapter.models = vec![
+        model("fake-cheap", TierName::Cheap, "1"),
+        model("fake-premium", TierName::Premium, "10"),
+    ];
+    adapter.groups = Vec::new();
+    adapter.retry.max_attempts_per_model = 1;
+    config
+}
+
+#[tokio::test]
+async fn a_refused_cheap_answer_escalates_and_both_attempts_are_accounted() -> TestResult {
+    let upstream = FakeUpstream::start(FakeKind::OpenAi).await?;
+    let gateway = TestGateway::start_with(fake_openai_config(&upstream), Target::All).await?;
+    let mut router = router(&gateway)?;
+    upstream.push(FakeReply::success(
+        FakeKind::OpenAi,
+        false,
+        "I'm sorry, but I can't help with that.",
+        Some((12, 9)),
+    ));
+    upstream.push(FakeReply::success(
+        FakeKind::OpenAi,
+        false,
+        "Here is the answer.",
+        Some((12, 5)),
+    ));
+
+    let response = router.complete(ask("acme", "hi")).await?.into_inner();
+    assert_eq!(response.text, "Here is the answer.");
+    let decision = response.decision.unwrap_or_default();
+    assert!(decision.escalated, "{decision:?}");
+    assert_eq!(decision.model, "fake-premium");
+    assert!(decision.reasons.contains(&"escalated".to_owned()));
+    let models: Vec<&str> = response.attempts.iter().map(|a| a.model.as_str()).collect();
+    assert_eq!(models, ["fake-cheap", "fake-premium"]);
+    let numbers: Vec<u32> = response.attempts.iter().map(|a| a.number).collect();
+    assert_eq!(numbers, [1, 2]);
+    // 21 tokens at $1/M plus 17 at $10/M.
+    assert_eq!(response.cost_usd, "0.000191");
+    let spend = wait_for_spend(&gateway, "acme", 2).await?;
+    assert_eq!(spend.cost_usd, "0.000191");
+
+    // Without escalation the refusal is the answer.
+    upstream.push(FakeReply::success(
+        FakeKind::OpenAi,
+        false,
+        "I'm sorry, I cannot do that.",
+        Some((12, 7)),
+    ));
+    let mut no_cascade = ask("acme", "hi");
+    no_cascade.hints = Some(pb::RoutingHints {
+        allow_escalation: Some(false),
+        ..Default::default()
+    });
+    let response = router.complete(no_cascade).await?.into_inner();
+    assert_eq!(response.attempts.len(), 1);
+    assert!(!response.decision.unwrap_or_default().escalated);
+    gateway.stop().await
+}
