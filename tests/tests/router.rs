@@ -413,3 +413,232 @@ async fn a_refused_cheap_answer_escalates_and_both_attempts_are_accounted() -> T
     assert!(!response.decision.unwrap_or_default().escalated);
     gateway.stop().await
 }
+
+/// A family of tasks that keeps failing on the cheap tier: after a few bad rewards, the next
+/// task of the family goes to a stronger tier, because the case bank says so.
+#[tokio::test]
+async fn a_family_of_tasks_that_fails_cheap_learns_to_go_strong() -> TestResult {
+    let gateway = TestGateway::start_with(config(), Target::All).await?;
+    let mut router = router(&gateway)?;
+    let task = |n: u32| {
+        format!("Convert the invoice number {n} of supplier ACME to the ledger code format")
+    };
+
+    let first = router.complete(ask("", &task(0))).await?.into_inner();
+    let decision = first.decision.unwrap_or_default();
+    assert_eq!(decision.tier, pb::Tier::Cheap as i32, "{decision:?}");
+    assert!(decision.reasons.contains(&"casebank_cold_start".to_owned()));
+    router
+        .feedback(pb::FeedbackRequest {
+            request_id: first.request_id,
+            reward: 0.0,
+            note: "wrong format".into(),
+        })
+        .await?;
+    for n in 1..4 {
+        let response = router.complete(ask("", &task(n))).await?.into_inner();
+        let feedback = router
+            .feedback(pb::FeedbackRequest {
+                request_id: response.request_id,
+                reward: 0.0,
+                note: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert!(feedback.updated);
+    }
+
+    let learned = router.complete(ask("", &task(99))).await?.into_inner();
+    let decision = learned.decision.unwrap_or_default();
+    assert!(
+        decision
+            .reasons
+            .contains(&"casebank_cheap_failed".to_owned()),
+        "{decision:?}"
+    );
+    assert!(decision.tier > pb::Tier::Cheap as i32, "{decision:?}");
+    let evidence = decision.casebank.unwrap_or_default();
+    assert!(evidence.consulted && !evidence.cold_start);
+    let cheap = evidence
+        .estimates
+        .iter()
+        .find(|e| e.tier == pb::Tier::Cheap as i32)
+        .ok_or("no cheap estimate")?;
+    assert!(cheap.evidence >= 3 && cheap.success < 0.5, "{cheap:?}");
+
+    // Another tenant's failures do not move this tenant's routing.
+    let other = router.complete(ask("other", &task(99))).await?.into_inner();
+    let decision = other.decision.unwrap_or_default();
+    assert!(
+        decision.reasons.contains(&"casebank_cold_start".to_owned()),
+        "{decision:?}"
+    );
+    gateway.stop().await
+}
+
+/// Context documents go through the token cache: the second identical request hits L1.
+#[tokio::test]
+async fn context_documents_come_from_the_token_cache() -> TestResult {
+    let gateway = TestGateway::start_with(config(), Target::All).await?;
+    let mut router = router(&gateway)?;
+    let with_context = || {
+        let mut request = ask("acme", "Summarise the context.");
+        request.context = Some(pb::ContextSpec {
+            collection: "handbook".into(),
+            documents: vec![
+                pb::Document {
+                    id: "d1".into(),
+                    text: Some("The office opens at nine. ".repeat(40)),
+                },
+                pb::Document {
+                    id: "d2".into(),
+                    text: Some("Expenses are filed monthly. ".repeat(40)),
+                },
+            ],
+            max_tokens: 0,
+        });
+        request
+    };
+    let first = router.complete(with_context()).await?.into_inner();
+    let context = first.context.unwrap_or_default();
+    assert_eq!(context.documents, 2);
+    assert!(context.context_tokens > 100, "{context:?}");
+    assert_eq!(context.misses, 2, "{context:?}");
+    let second = router.complete(with_context()).await?.into_inner();
+    let context = second.context.unwrap_or_default();
+    assert_eq!(context.l1_hits, 2, "{context:?}");
+    // The documents reached the model: the prompt is far longer than the question alone.
+    assert!(second.usage.unwrap_or_default().input_tokens > 200);
+    gateway.stop().await
+}
+
+/// A config whose peers are those of `all` except the case bank, which is `casebank`.
+fn router_only_config(
+    all: &TestGateway,
+    casebank: &str,
+    token_cache: Option<&str>,
+) -> TestResult<Config> {
+    let url = |target| all.service(target).map(|s| format!("http://{}", s.grpc));
+    let mut config = config();
+    config.router.policy.casebank.timeout_ms = 300;
+    config.router.token_cache_timeout_ms = 300;
+    config.peers.provider_adapter = url(Target::ProviderAdapter)?;
+    config.peers.cost_tracker = url(Target::CostTracker)?;
+    config.peers.token_cache = match token_cache {
+        Some(address) => address.to_owned(),
+        None => url(Target::TokenCache)?,
+    };
+    config.peers.casebank = casebank.to_owned();
+    Ok(config)
+}
+
+/// The case bank stops mid-test, and the token cache is unreachable: requests are still
+/// served, and the degraded mode shows in the decision.
+#[tokio::test]
+async fn requests_are_served_when_the_casebank_stops_and_the_token_cache_is_gone() -> TestResult {
+    let all = TestGateway::start_with(config(), Target::All).await?;
+    let casebank = TestGateway::start_with(config(), Target::Casebank).await?;
+    let casebank_url = format!("http://{}", casebank.service(Target::Casebank)?.grpc);
+    let front = TestGateway::start_with(
+        router_only_config(&all, &casebank_url, Some("http://127.0.0.1:9"))?,
+        Target::Router,
+    )
+    .await?;
+    let mut router = router(&front)?;
+
+    let mut request = ask("acme", "What is the capital of France?");
+    request.context = Some(pb::ContextSpec {
+        collection: String::new(),
+        documents: vec![pb::Document {
+            id: "d1".into(),
+            text: Some("France is a country in Europe.".into()),
+        }],
+        max_tokens: 0,
+    });
+    let before = router.complete(request.clone()).await?.into_inner();
+    let decision = before.decision.unwrap_or_default();
+    assert!(
+        decision.casebank.unwrap_or_default().consulted,
+        "{:?}",
+        decision.reasons
+    );
+    assert_eq!(decision.degraded, ["token_cache"]);
+    assert!(!before.text.is_empty());
+
+    casebank.stop().await?;
+    let after = router.complete(request).await?.into_inner();
+    let decision = after.decision.unwrap_or_default();
+    assert!(!after.text.is_empty());
+    assert!(
+        decision
+            .reasons
+            .contains(&"casebank_unavailable".to_owned()),
+        "{decision:?}"
+    );
+    assert!(
+        decision.degraded.contains(&"casebank".to_owned()),
+        "{decision:?}"
+    );
+    assert!(!decision.casebank.unwrap_or_default().consulted);
+    // Both answers are in the ledger.
+    wait_for_spend(&all, "acme", 2).await?;
+    front.stop().await?;
+    all.stop().await
+}
+
+/// Redis (the token cache's L2) is killed mid-test: the token cache keeps answering from its
+/// process and the router keeps serving context requests.
+#[tokio::test]
+async fn requests_are_served_when_redis_is_killed() -> TestResult {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut config = config();
+    config.storage.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+    let gateway = TestGateway::start_with(config, Target::All).await;
+    let gateway = match gateway {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            let _ = redis.kill();
+            return Err(error);
+        }
+    };
+    let mut router = router(&gateway)?;
+    let request = |n: u32| {
+        let mut request = ask("acme", "Summarise the context.");
+        request.context = Some(pb::ContextSpec {
+            collection: "kb".into(),
+            documents: vec![pb::Document {
+                id: format!("doc-{n}"),
+                text: Some(
+                    format!("Document number {n} says the launch is on Tuesday. ").repeat(20),
+                ),
+            }],
+            max_tokens: 0,
+        });
+        request
+    };
+    let before = router.complete(request(1)).await?.into_inner();
+    assert!(before.context.unwrap_or_default().context_tokens > 0);
+    redis.kill()?;
+    let _ = redis.wait();
+    for n in 2..5 {
+        let after = router.complete(request(n)).await?.into_inner();
+        assert!(!after.text.is_empty());
+        assert!(after.context.unwrap_or_default().context_tokens > 0);
+    }
+    gateway.stop().await
+}
