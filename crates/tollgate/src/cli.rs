@@ -38,6 +38,10 @@ pub enum Command {
     Models(crate::commands::models::ModelsArgs),
     /// Token-cache client commands (`cache stats`).
     Cache(crate::commands::cache::CacheArgs),
+    /// One request through the router: `tollgate complete "text" [--image F] [--agent A] [--json]`.
+    Complete(crate::commands::complete::RequestArgs),
+    /// The routing decision only (a dry run): `tollgate route "text" [--json]`.
+    Route(crate::commands::complete::RequestArgs),
     /// Print the token IDs of a file or stdin; needs no running server.
     Tokenize(crate::commands::tokenize::TokenizeArgs),
 }

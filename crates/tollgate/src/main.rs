@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         Command::Budget(args) => tollgate::commands::budget::run(args),
         Command::Eval(args) => tollgate::commands::eval::run(args),
         Command::Cases(args) => tollgate::commands::cases::run(args),
+        Command::Complete(args) => tollgate::commands::complete::run_complete(&config, args),
+        Command::Route(args) => tollgate::commands::complete::run_route(&config, args),
         Command::Models(args) => tollgate::commands::models::run(&config, &args),
         Command::Cache(args) => tollgate::commands::cache::run(args, &config),
         Command::Tokenize(args) => tollgate::commands::tokenize::run(args, &config),

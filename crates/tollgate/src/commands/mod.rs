@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod cache;
 pub mod cases;
+pub mod complete;
 pub mod eval;
 pub mod models;
 pub mod spend;
