@@ -1,0 +1,188 @@
+//! The whole `Complete` pipeline, all five services in one process on embedded stores, against
+//! the mock provider at zero latency, with everything on (classifier, case bank estimate and
+//! case store, budget reserve and settle, token-cache context, outbox accounting).
+//!
+//! Reported:
+//! - the floor: the same generation called directly on the provider-adapter (client → adapter
+//!   → mock), p50/p99;
+//! - open loop at `BENCH_RATE` requests/s (default 500) for `BENCH_SECONDS` (default 10): the
+//!   router's p50/p99 and the added latency (router minus the floor at the same percentile).
+//!   Latency is measured from each request's scheduled start, so a stall is not hidden by
+//!   requests that were never sent (no coordinated omission);
+//! - closed loop throughput at 32 concurrent requests.
+//!
+//! Run: `cargo bench --workspace --bench pipeline` (release) or add `--profile dev` for a
+//! quick debug-build figure; results go to BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use tollgate::config::Config;
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::provider_adapter_client::ProviderAdapterClient;
+use tollgate_proto::v1::router_client::RouterClient;
+use tollgate_test_support::{ServiceTarget as Target, TestGateway, TestResult};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn request(n: u64) -> pb::CompleteRequest {
+    pb::CompleteRequest {
+        tenant: "bench".into(),
+        messages: vec![pb::Message {
+            role: pb::Role::User as i32,
+            text: format!("Question {n}: what does the handbook say about expenses?"),
+            ..Default::default()
+        }],
+        context: Some(pb::ContextSpec {
+            collection: "handbook".into(),
+            documents: vec![pb::Document {
+                id: "expenses".into(),
+                text: Some("Expenses are filed monthly with receipts attached. ".repeat(20)),
+            }],
+            max_tokens: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn main() -> TestResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> TestResult {
+    let rate = env_u64("BENCH_RATE", 500);
+    let seconds = env_u64("BENCH_SECONDS", 10);
+    let mut config = Config::default();
+    // Generous budgets: the benchmark measures time, a timeout would hide it as "degraded".
+    config.router.policy.casebank.timeout_ms = 1000;
+    config.router.token_cache_timeout_ms = 1000;
+    let gateway = TestGateway::start_with(config, Target::All).await?;
+    let router = RouterClient::new(gateway.channel(Target::Router)?);
+    let adapter = ProviderAdapterClient::new(gateway.channel(Target::ProviderAdapter)?);
+
+    // Warm up every path (connections, catalog, tokenizer, first cases).
+    for n in 0..200 {
+        let response = router.clone().complete(request(n)).await?.into_inner();
+        let degraded = response.decision.unwrap_or_default().degraded;
+        if !degraded.is_empty() {
+            return Err(format!("warm-up ran degraded: {degraded:?}").into());
+        }
+    }
+
+    // The floor: the mock generation through the provider-adapter alone.
+    let mut floor = Vec::new();
+    for n in 0..2000u64 {
+        let generate = pb::GenerateRequest {
+            model: "mock-cheap".into(),
+            messages: request(n).messages,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        adapter.clone().generate(generate).await?;
+        floor.push(started.elapsed());
+    }
+    floor.sort();
+
+    // Open loop at `rate`.
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..total {
+        let scheduled = start + interval * n as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let mut client = router.clone();
+        let latencies = Arc::clone(&latencies);
+        let errors = Arc::clone(&errors);
+        tasks.spawn(async move {
+            match client.complete(request(1000 + n)).await {
+                Ok(_) => latencies.lock().await.push(scheduled.elapsed()),
+                Err(_) => {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let achieved = total as f64 / start.elapsed().as_secs_f64();
+    let mut open = std::mem::take(&mut *latencies.lock().await);
+    open.sort();
+
+    // Closed loop: how many requests per second at 32 in flight.
+    let concurrency = 32;
+    let window = Duration::from_secs(5);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let closed_start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let mut client = router.clone();
+        let done = Arc::clone(&done);
+        workers.spawn(async move {
+            let mut n = 1_000_000 + worker * 1_000_000;
+            while closed_start.elapsed() < window {
+                if client.complete(request(n)).await.is_ok() {
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let throughput = done.load(std::sync::atomic::Ordering::Relaxed) as f64
+        / closed_start.elapsed().as_secs_f64();
+
+    let mut out = String::new();
+    let mut report = |label: &str, sorted: &[Duration]| {
+        out += &format!(
+            "{label:<28} n={:<6} p50={:>8.0} µs  p99={:>8.0} µs  max={:>8.0} µs\n",
+            sorted.len(),
+            micros(percentile(sorted, 50.0)),
+            micros(percentile(sorted, 99.0)),
+            micros(sorted.last().copied().unwrap_or_default()),
+        );
+    };
+    report("adapter alone (floor)", &floor);
+    report(&format!("router open loop {rate}/s"), &open);
+    out += &format!(
+        "{:<28} p50={:>8.0} µs  p99={:>8.0} µs\n",
+        "added by the router",
+        micros(percentile(&open, 50.0)) - micros(percentile(&floor, 50.0)),
+        micros(percentile(&open, 99.0)) - micros(percentile(&floor, 99.0)),
+    );
+    out += &format!(
+        "open loop achieved {achieved:.0} requests/s, {} errors\n",
+        errors.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    out += &format!("closed loop at {concurrency} in flight: {throughput:.0} requests/s\n");
+    use std::io::Write as _;
+    std::io::stdout().write_all(
+        format!(
+            "pipeline benchmark (mock provider at zero latency, everything on, one process)\n{out}"
+        )
+        .as_bytes(),
+    )?;
+    gateway.stop().await
+}
