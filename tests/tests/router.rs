@@ -427,7 +427,10 @@ async fn a_family_of_tasks_that_fails_cheap_learns_to_go_strong() -> TestResult 
     let first = router.complete(ask("", &task(0))).await?.into_inner();
     let decision = first.decision.unwrap_or_default();
     assert_eq!(decision.tier, pb::Tier::Cheap as i32, "{decision:?}");
-    assert!(decision.reasons.contains(&"casebank_cold_start".to_owned()));
+    assert!(
+        decision.reasons.contains(&"casebank_cold_start".to_owned()),
+        "{decision:?}"
+    );
     router
         .feedback(pb::FeedbackRequest {
             request_id: first.request_id,
@@ -641,4 +644,64 @@ async fn requests_are_served_when_redis_is_killed() -> TestResult {
         assert!(after.context.unwrap_or_default().context_tokens > 0);
     }
     gateway.stop().await
+}
+
+/// The policy file is reloaded while requests keep flowing: none fails, and the new policy
+/// takes over within a couple of seconds; an invalid version is refused and the last good one
+/// stays in force.
+#[tokio::test]
+async fn the_policy_file_reloads_without_dropping_requests() -> TestResult {
+    let dir = tollgate_test_support::temp_dir("policy")?;
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, "default_tier = \"cheap\"\n")?;
+    let mut config = config();
+    config.router.policy_file = Some(path.clone());
+    let gateway = TestGateway::start_with(config, Target::All).await?;
+    let router = router(&gateway)?;
+    let route = |mut client: Router| async move {
+        client
+            .route(pb::RouteRequest {
+                request: Some(ask("acme", "hi")),
+            })
+            .await
+            .map(|r| r.into_inner().decision.unwrap_or_default())
+    };
+    assert_eq!(route(router.clone()).await?.model, "mock-cheap");
+
+    let load = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let mut served = 0u32;
+            for _ in 0..200 {
+                route(router.clone()).await?;
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok::<u32, tonic::Status>(served)
+        })
+    };
+    std::fs::write(
+        &path,
+        "default_tier = \"premium\"\n[switches]\nrouting = false\n",
+    )?;
+    let mut reloaded = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let decision = route(router.clone()).await?;
+        if decision.reasons.contains(&"routing_off".to_owned()) {
+            reloaded = Some(decision);
+            break;
+        }
+    }
+    let decision = reloaded.ok_or("the new policy was never used")?;
+    assert_eq!(decision.model, "mock-premium");
+    assert!(decision.switches.contains(&"routing=off".to_owned()));
+
+    std::fs::write(&path, "default_tier = \"platinum\"\n")?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(route(router.clone()).await?.model, "mock-premium");
+    assert_eq!(load.await??, 200, "a request failed during the reload");
+    gateway.stop().await?;
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
 }

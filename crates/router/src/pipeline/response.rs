@@ -66,11 +66,32 @@ pub fn decision(routed: &Routed, served: Option<&crate::catalog::CatalogModel>) 
     }
 }
 
-/// `tollgate_route_decisions_total{tier,reason}`: one increment per reason of the decision.
+/// Reasons by how much they say about the outcome: a decision is counted once, under the
+/// first of these it carries, so that summing by tier counts each request exactly once.
+const DECISIVE_REASONS: [&str; 12] = [
+    "critical_agent",
+    "forced_model",
+    "forced_tier",
+    "vision",
+    "escalated",
+    "casebank_cheap_failed",
+    "casebank_cheap_ok",
+    "budget_soft_limit",
+    "min_tier",
+    "low_confidence_up",
+    "routing_off",
+    "provider_fallback",
+];
+
+/// `tollgate_route_decisions_total{tier,reason}`: one increment per answered request, labelled
+/// with its served tier and its most decisive reason ("complexity" when nothing else moved it).
 pub fn count_decision(decision: &pb::Decision) {
     let tier = crate::tier::Tier::from_proto(decision.tier).map_or("unspecified", |t| t.as_str());
-    for reason in &decision.reasons {
-        metrics::counter!("tollgate_route_decisions_total", "tier" => tier, "reason" => reason.clone())
-            .increment(1);
-    }
+    let reason = DECISIVE_REASONS
+        .iter()
+        .find(|reason| decision.reasons.iter().any(|r| r == *reason))
+        .copied()
+        .unwrap_or("complexity");
+    metrics::counter!("tollgate_route_decisions_total", "tier" => tier, "reason" => reason)
+        .increment(1);
 }
