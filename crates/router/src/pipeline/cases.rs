@@ -16,6 +16,24 @@ use crate::pipeline::{CompletionRequest, Degraded, Pipeline, case_id};
 /// Feedback may arrive before the background store finished: it retries this often.
 const FEEDBACK_RETRIES: u32 = 10;
 const FEEDBACK_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Longer answers are cut: an example needs the gist, and the case bank stays small.
+const MAX_STORED_ANSWER_CHARS: usize = 2000;
+
+fn truncate(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+/// What answered a request, as its case records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub model: &'a CatalogModel,
+    pub answer: &'a str,
+    pub cost: Usd,
+    pub latency_micros: u64,
+}
 
 impl Pipeline {
     /// Stores the request's case in the background (tracked: shutdown waits for it). Returns
@@ -24,11 +42,15 @@ impl Pipeline {
         &self,
         tenant: &str,
         request: &CompletionRequest,
-        model: &CatalogModel,
-        cost: Usd,
-        latency_micros: u64,
+        served: &Served<'_>,
         casebank_enabled: bool,
     ) -> String {
+        let Served {
+            model,
+            answer,
+            cost,
+            latency_micros,
+        } = *served;
         if !casebank_enabled || request.store_case == Some(false) {
             return String::new();
         }
@@ -41,7 +63,10 @@ impl Pipeline {
             action: Some(pb::CaseAction {
                 tier: model.tier.to_proto() as i32,
                 model: model.id.clone(),
-                plan_json: String::new(),
+                // The answer, so that later requests can be shown this case as an example.
+                plan_json:
+                    serde_json::json!({ "answer": truncate(answer, MAX_STORED_ANSWER_CHARS) })
+                        .to_string(),
             }),
             outcome: String::new(),
             reward: None,

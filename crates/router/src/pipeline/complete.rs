@@ -7,10 +7,11 @@ use tollgate_proto::v1 as pb;
 use tonic::Status;
 
 use crate::pipeline::accounting::{total_cost, total_usage};
-use crate::pipeline::generate::{Answer, AnswerChecks, AttemptLog};
+use crate::pipeline::cases::Served;
+use crate::pipeline::generate::{Answer, AnswerChecks, AttemptLog, ExampleSet};
 use crate::pipeline::idempotency::Admission;
 use crate::pipeline::routing::Routed;
-use crate::pipeline::{CompletionRequest, Pipeline, response};
+use crate::pipeline::{CompletionRequest, Degraded, Pipeline, response};
 use crate::policy::Reason;
 
 impl Pipeline {
@@ -62,9 +63,32 @@ impl Pipeline {
             self.reroute_for_soft_limit(&mut routed, request).await?;
         }
         let use_token_cache = routed.policy.switches.token_cache;
+        let policy = std::sync::Arc::clone(&routed.policy);
+        let examples = self
+            .examples(
+                tenant,
+                request,
+                &policy.case_memory,
+                policy.switches.case_memory,
+            )
+            .await;
+        if examples.degraded && !routed.degraded.contains(&Degraded::Casebank) {
+            routed.degraded.push(Degraded::Casebank);
+        }
+        let example_set = ExampleSet {
+            examples: &examples,
+            template: &policy.case_memory.template,
+        };
         let mut log = AttemptLog::default();
         let outcome = self
-            .answer_with_cascade(request, &mut routed, use_token_cache, checks, &mut log)
+            .answer_with_cascade(
+                request,
+                &mut routed,
+                use_token_cache,
+                &example_set,
+                checks,
+                &mut log,
+            )
             .await;
         let cost = total_cost(&log.attempts);
         let context_hits = match &outcome {
@@ -84,9 +108,12 @@ impl Pipeline {
         let case_id = self.store_case(
             tenant,
             request,
-            &answer.model,
-            cost,
-            latency_micros,
+            &Served {
+                model: &answer.model,
+                answer: &answer.response.text,
+                cost,
+                latency_micros,
+            },
             routed.policy.switches.casebank,
         );
         let decision = response::decision(&routed, Some(&answer.model));
@@ -100,7 +127,7 @@ impl Pipeline {
             decision: Some(decision),
             attempts: log.attempts,
             context: Some(answer.prompt.info),
-            cases_used: Vec::new(),
+            cases_used: answer.examples_used,
             case_id,
         })
     }
@@ -112,11 +139,12 @@ impl Pipeline {
         request: &CompletionRequest,
         routed: &mut Routed,
         use_token_cache: bool,
+        examples: &ExampleSet<'_>,
         checks: &AnswerChecks,
         log: &mut AttemptLog,
     ) -> Result<Answer, Status> {
         let first = self
-            .generate(request, &routed.candidates, use_token_cache, log)
+            .generate(request, &routed.candidates, use_token_cache, examples, log)
             .await?;
         if first.model.id != routed.model().id {
             routed.extra_reasons.push(Reason::ProviderFallback);
@@ -155,7 +183,7 @@ impl Pipeline {
         metrics::counter!("tollgate_router_escalations_total", "check" => format!("{failed:?}").to_lowercase())
             .increment(1);
         match self
-            .generate(request, &stronger, use_token_cache, log)
+            .generate(request, &stronger, use_token_cache, examples, log)
             .await
         {
             Ok(second) => {

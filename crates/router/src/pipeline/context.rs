@@ -15,6 +15,7 @@ use tollgate_proto::v1 as pb;
 use tonic::Status;
 
 use crate::catalog::CatalogModel;
+use crate::pipeline::case_memory::{Example, ExampleTemplate, insert_examples};
 use crate::pipeline::request::message_text;
 use crate::pipeline::{CompletionRequest, Degraded, Pipeline};
 
@@ -28,15 +29,21 @@ pub struct PreparedPrompt {
 }
 
 impl Pipeline {
+    /// The prompt for `model`: the request's messages with `examples` (already fitted to the
+    /// model's window) before the last user message, and the context documents.
     pub async fn prepare_prompt(
         &self,
         request: &CompletionRequest,
         model: &CatalogModel,
         use_token_cache: bool,
+        examples: &[Example],
+        template: &ExampleTemplate,
     ) -> Result<PreparedPrompt, Status> {
+        let mut messages = request.messages.clone();
+        insert_examples(&mut messages, template, examples);
         let Some(context) = &request.context else {
             return Ok(PreparedPrompt {
-                messages: request.messages.clone(),
+                messages,
                 ..PreparedPrompt::default()
             });
         };
@@ -48,19 +55,19 @@ impl Pipeline {
                     "documents by reference need the token cache, which is switched off; send the text inline",
                 ));
             }
-            return Ok(text_prompt(request, &context.documents, None));
+            return Ok(text_prompt(messages, &context.documents, None));
         }
         let token_ids_prompt = model.token_ids && !request.has_images;
         match self.fetch_context(context, model).await {
             Ok(fetched) => {
                 let info = cache_info(&fetched);
                 if token_ids_prompt {
-                    let conversation = self.tokenize(model, &render_conversation(request)).await;
+                    let conversation = self.tokenize(model, &render_conversation(&messages)).await;
                     if let Ok(conversation) = conversation {
                         let mut ids = fetched.token_ids;
                         ids.extend(conversation);
                         return Ok(PreparedPrompt {
-                            messages: request.messages.clone(),
+                            messages,
                             prompt_token_ids: ids,
                             info,
                             degraded: None,
@@ -82,7 +89,7 @@ impl Pipeline {
                     .filter(|span| !span.truncated)
                     .map(|span| span.id.as_str())
                     .collect();
-                let mut prompt = text_prompt(request, &context.documents, Some(&fitting));
+                let mut prompt = text_prompt(messages, &context.documents, Some(&fitting));
                 prompt.info = info;
                 Ok(prompt)
             }
@@ -94,7 +101,7 @@ impl Pipeline {
                         "context: the token cache is unavailable, so documents by reference cannot be resolved; retry or send the text inline",
                     ));
                 }
-                let mut prompt = text_prompt(request, &context.documents, None);
+                let mut prompt = text_prompt(messages, &context.documents, None);
                 prompt.degraded = Some(Degraded::TokenCache);
                 Ok(prompt)
             }
@@ -172,7 +179,7 @@ fn cache_info(response: &pb::GetContextResponse) -> pb::ContextCacheInfo {
 
 /// The documents (those in `only` when given) as one system message before the conversation.
 fn text_prompt(
-    request: &CompletionRequest,
+    conversation: Vec<pb::Message>,
     documents: &[pb::Document],
     only: Option<&[&str]>,
 ) -> PreparedPrompt {
@@ -181,7 +188,7 @@ fn text_prompt(
         .filter(|d| only.is_none_or(|ids| ids.contains(&d.id.as_str())))
         .filter_map(|d| d.text.as_deref())
         .collect();
-    let mut messages = Vec::with_capacity(request.messages.len() + 1);
+    let mut messages = Vec::with_capacity(conversation.len() + 1);
     if !texts.is_empty() {
         messages.push(pb::Message {
             role: pb::Role::System as i32,
@@ -189,7 +196,7 @@ fn text_prompt(
             ..Default::default()
         });
     }
-    messages.extend(request.messages.iter().cloned());
+    messages.extend(conversation);
     PreparedPrompt {
         messages,
         info: pb::ContextCacheInfo {
@@ -203,9 +210,9 @@ fn text_prompt(
 
 /// The conversation as completion-model text after the context: one "role: text" line per
 /// message, ending with the assistant's turn.
-fn render_conversation(request: &CompletionRequest) -> String {
+fn render_conversation(messages: &[pb::Message]) -> String {
     let mut text = String::from("\n\n");
-    for message in &request.messages {
+    for message in messages {
         let role = match pb::Role::try_from(message.role) {
             Ok(pb::Role::System) => "System",
             Ok(pb::Role::Assistant) => "Assistant",

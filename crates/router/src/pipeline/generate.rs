@@ -10,6 +10,7 @@ use tollgate_proto::v1 as pb;
 use tonic::Status;
 
 use crate::catalog::CatalogModel;
+use crate::pipeline::case_memory::{ExampleTemplate, Examples, conversation_text};
 use crate::pipeline::context::PreparedPrompt;
 use crate::pipeline::{CompletionRequest, Pipeline};
 use crate::policy::CascadeCheck;
@@ -20,6 +21,8 @@ pub struct Answer {
     pub response: pb::GenerateResponse,
     pub model: CatalogModel,
     pub prompt: PreparedPrompt,
+    /// The past cases shown to the model as examples.
+    pub examples_used: Vec<pb::UsedCase>,
 }
 
 /// Every attempt so far, numbered 1.. in order, whatever call they came from.
@@ -84,11 +87,14 @@ impl Pipeline {
         request: &CompletionRequest,
         candidates: &[CatalogModel],
         use_token_cache: bool,
+        examples: &ExampleSet<'_>,
         log: &mut AttemptLog,
     ) -> Result<Answer, Status> {
         let mut last_error = Status::unavailable("no candidate model");
         for model in candidates {
-            let prompt = self.prepare_prompt(request, model, use_token_cache).await?;
+            let (prompt, examples_used) = self
+                .prompt_for(request, model, use_token_cache, examples)
+                .await?;
             let started = Instant::now();
             // No deadline of our own: the adapter enforces per-call deadlines and the router's
             // server timeout bounds the whole request.
@@ -102,6 +108,7 @@ impl Pipeline {
                         response,
                         model: model.clone(),
                         prompt,
+                        examples_used,
                     });
                 }
                 Err(status) => {
@@ -116,6 +123,64 @@ impl Pipeline {
             }
         }
         Err(last_error)
+    }
+}
+
+/// The examples a request may show and their template.
+#[derive(Debug, Clone, Copy)]
+pub struct ExampleSet<'a> {
+    pub examples: &'a Examples,
+    pub template: &'a ExampleTemplate,
+}
+
+impl Pipeline {
+    /// The prompt for one candidate: the examples that fit its window, then the context.
+    pub async fn prompt_for(
+        &self,
+        request: &CompletionRequest,
+        model: &CatalogModel,
+        use_token_cache: bool,
+        examples: &ExampleSet<'_>,
+    ) -> Result<(PreparedPrompt, Vec<pb::UsedCase>), Status> {
+        let fitted = if examples.examples.cases.is_empty() {
+            Vec::new()
+        } else {
+            let conversation = self
+                .count_tokens(model, &conversation_text(&request.messages))
+                .await;
+            let context_estimate = request.context.as_ref().map_or(0, |context| {
+                let inline: u64 = context
+                    .documents
+                    .iter()
+                    .map(|d| d.text.as_ref().map_or(0, |t| t.len() as u64).div_ceil(3))
+                    .sum();
+                match u64::try_from(context.max_tokens) {
+                    Ok(limit) if limit > 0 => inline.min(limit),
+                    _ => inline,
+                }
+            });
+            let output = u64::try_from(request.max_tokens)
+                .ok()
+                .filter(|t| *t > 0)
+                .unwrap_or(model.max_output_tokens);
+            self.fit_examples(
+                examples.examples,
+                examples.template,
+                model,
+                conversation + context_estimate,
+                output,
+            )
+            .await
+        };
+        let prompt = self
+            .prepare_prompt(request, model, use_token_cache, &fitted, examples.template)
+            .await?;
+        let used = Examples {
+            cases: fitted,
+            degraded: false,
+        }
+        .used();
+        Ok((prompt, used))
     }
 }
 

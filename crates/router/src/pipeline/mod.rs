@@ -9,6 +9,7 @@
 //! `tollgate_router_degraded_total{dependency}`.
 
 pub mod accounting;
+pub mod case_memory;
 pub mod cases;
 pub mod complete;
 pub mod context;

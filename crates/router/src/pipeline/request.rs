@@ -10,6 +10,7 @@ use tollgate_kit::money::Usd;
 use tollgate_proto::v1 as pb;
 use tonic::Status;
 
+use crate::pipeline::case_memory::CaseMemoryMode;
 use crate::policy::Hints;
 use crate::tier::Tier;
 
@@ -34,6 +35,9 @@ pub struct CompletionRequest {
     pub json_mode: bool,
     pub store_case: Option<bool>,
     pub tags: Vec<String>,
+    /// `None`: the agent's configured default.
+    pub case_memory: Option<CaseMemoryMode>,
+    pub include_negative_examples: bool,
     pub has_images: bool,
     /// The last user message's text: what is classified, embedded and stored as the case task.
     pub task: String,
@@ -113,6 +117,17 @@ impl CompletionRequest {
         if !request.agent.is_empty() {
             check_id("agent", &request.agent)?;
         }
+        let case_memory = match pb::CaseMemory::try_from(request.case_memory) {
+            Ok(pb::CaseMemory::Unspecified) => None,
+            Ok(pb::CaseMemory::Off) => Some(CaseMemoryMode::Off),
+            Ok(pb::CaseMemory::Examples) => Some(CaseMemoryMode::Examples),
+            Err(_) => {
+                return Err(invalid_argument(
+                    "case_memory",
+                    format!("unknown value {}", request.case_memory),
+                ));
+            }
+        };
         Ok(Self {
             request_id,
             agent: request.agent,
@@ -127,6 +142,8 @@ impl CompletionRequest {
             json_mode: request.json_mode,
             store_case: request.store_case,
             tags: request.tags,
+            case_memory,
+            include_negative_examples: request.include_negative_examples,
             has_images,
             task,
             body_sha256,

@@ -17,11 +17,12 @@ use tollgate_proto::v1 as pb;
 use tonic::Status;
 
 use crate::pipeline::accounting::{Reservation, total_cost, total_usage};
+use crate::pipeline::cases::Served;
 use crate::pipeline::complete::cache_hit_tokens;
-use crate::pipeline::generate::{AttemptLog, generate_request, retryable};
+use crate::pipeline::generate::{AttemptLog, ExampleSet, generate_request, retryable};
 use crate::pipeline::idempotency::Admission;
 use crate::pipeline::routing::Routed;
-use crate::pipeline::{CompletionRequest, Pipeline, response};
+use crate::pipeline::{CompletionRequest, Degraded, Pipeline, response};
 use crate::policy::Reason;
 
 pub type EventSender = mpsc::Sender<Result<pb::CompleteStreamResponse, Status>>;
@@ -93,9 +94,28 @@ impl Pipeline {
         let mut outcome: Result<StreamedAnswer, Status> =
             Err(Status::unavailable("no candidate model"));
         let candidates = routed.candidates.clone();
+        let policy = Arc::clone(&routed.policy);
+        let examples = self
+            .examples(
+                &tenant,
+                &request,
+                &policy.case_memory,
+                policy.switches.case_memory,
+            )
+            .await;
+        if examples.degraded && !routed.degraded.contains(&Degraded::Casebank) {
+            routed.degraded.push(Degraded::Casebank);
+        }
+        let example_set = ExampleSet {
+            examples: &examples,
+            template: &policy.case_memory.template,
+        };
         for model in &candidates {
-            let prompt = match self.prepare_prompt(&request, model, use_token_cache).await {
-                Ok(prompt) => prompt,
+            let (prompt, examples_used) = match self
+                .prompt_for(&request, model, use_token_cache, &example_set)
+                .await
+            {
+                Ok(prepared) => prepared,
                 Err(status) => {
                     outcome = Err(status);
                     break;
@@ -174,6 +194,7 @@ impl Pipeline {
                         },
                         end,
                         info: prompt.info,
+                        examples_used,
                     });
                     break;
                 }
@@ -214,9 +235,12 @@ impl Pipeline {
                     self.store_case(
                         &tenant,
                         &request,
-                        &answer.model,
-                        cost,
-                        started.elapsed().as_micros() as u64,
+                        &Served {
+                            model: &answer.model,
+                            answer: &answer.text,
+                            cost,
+                            latency_micros: started.elapsed().as_micros() as u64,
+                        },
                         routed.policy.switches.casebank,
                     )
                 } else {
@@ -230,7 +254,7 @@ impl Pipeline {
                     cost_usd: cost.to_string(),
                     attempts: log.attempts.clone(),
                     context: Some(answer.info),
-                    cases_used: Vec::new(),
+                    cases_used: answer.examples_used.clone(),
                     case_id: case_id.clone(),
                     error: answer.end.error,
                     text: answer.text.clone(),
@@ -257,7 +281,7 @@ impl Pipeline {
                             decision: Some(decision),
                             attempts: log.attempts,
                             context: Some(answer.info),
-                            cases_used: Vec::new(),
+                            cases_used: answer.examples_used,
                             case_id,
                         },
                     );
@@ -277,6 +301,7 @@ struct StreamedAnswer {
     text: String,
     end: pb::GenerationEnd,
     info: pb::ContextCacheInfo,
+    examples_used: Vec<pb::UsedCase>,
 }
 
 /// The caller's side of the stream; a caller that went away stops receiving, nothing else stops.

@@ -36,6 +36,8 @@ pub struct PolicyConfig {
     /// Catalog models per tier, cheapest first; a tier left empty uses the catalog's models of
     /// that tier ordered by price.
     pub models: TierModels,
+    /// Case-augmented prompting: per-agent defaults, retrieval and the example template.
+    pub case_memory: crate::pipeline::case_memory::CaseMemoryPolicy,
     pub switches: Switches,
 }
 
@@ -51,6 +53,7 @@ impl Default for PolicyConfig {
             cascade: CascadePolicy::default(),
             budget: BudgetPolicy::default(),
             models: TierModels::default(),
+            case_memory: crate::pipeline::case_memory::CaseMemoryPolicy::default(),
             switches: Switches::default(),
         }
     }
@@ -308,6 +311,7 @@ impl PolicyConfig {
                 self.casebank.min_similarity
             )));
         }
+        self.case_memory.validate().map_err(PolicyError::Invalid)?;
         if self.casebank.neighbours == 0 || self.casebank.neighbours > 64 {
             return Err(PolicyError::Invalid(format!(
                 "casebank.neighbours must be in 1..=64, got {}",
