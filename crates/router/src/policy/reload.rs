@@ -28,6 +28,7 @@ pub struct PolicyHandle {
 
 impl PolicyHandle {
     pub fn new(policy: PolicyConfig) -> Self {
+        publish_switches(&policy);
         Self {
             current: Arc::new(RwLock::new(Arc::new(policy))),
         }
@@ -42,6 +43,7 @@ impl PolicyHandle {
     }
 
     pub fn replace(&self, policy: PolicyConfig) {
+        publish_switches(&policy);
         let policy = Arc::new(policy);
         match self.current.write() {
             Ok(mut guard) => *guard = policy,
@@ -90,6 +92,25 @@ impl PolicyHandle {
             }
         });
         Ok(handle)
+    }
+}
+
+/// `tollgate_router_switch_enabled{switch}`: 1 when on, so dashboards show which switches were
+/// in effect at any time (responses carry them per request).
+fn publish_switches(policy: &PolicyConfig) {
+    let switches = policy.switches;
+    for (name, on) in [
+        ("routing", switches.routing),
+        ("casebank", switches.casebank),
+        ("case_memory", switches.case_memory),
+        ("token_cache", switches.token_cache),
+        ("cascade", switches.cascade),
+    ] {
+        metrics::gauge!("tollgate_router_switch_enabled", "switch" => name).set(if on {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
