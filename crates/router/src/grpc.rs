@@ -10,6 +10,7 @@ use tollgate_kit::error::invalid_argument;
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::router_server::Router;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::pipeline::generate::AnswerChecks;
 use crate::pipeline::{CompletionRequest, SharedPipeline};
@@ -41,6 +42,29 @@ impl RouterApi {
     }
 }
 
+/// The span of one generation, with the OpenTelemetry GenAI attributes filled in when known.
+fn genai_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "router.complete",
+        gen_ai.operation.name = operation,
+        gen_ai.provider.name = tracing::field::Empty,
+        gen_ai.request.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+    )
+}
+
+fn record_genai(span: &tracing::Span, response: &pb::CompleteResponse) {
+    if let Some(decision) = &response.decision {
+        span.record("gen_ai.provider.name", decision.provider.as_str());
+        span.record("gen_ai.request.model", decision.model.as_str());
+    }
+    if let Some(usage) = &response.usage {
+        span.record("gen_ai.usage.input_tokens", usage.input_tokens);
+        span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::CompleteStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -52,10 +76,13 @@ impl Router for RouterApi {
         let request = request.into_inner();
         let tenant = self.tenant(&request.tenant)?;
         let request = CompletionRequest::from_proto(request)?;
+        let span = genai_span("chat");
         let response = self
             .pipeline
             .complete(&tenant, request, &self.checks)
+            .instrument(span.clone())
             .await?;
+        record_genai(&span, &response);
         Ok(Response::new(response))
     }
 
@@ -72,6 +99,7 @@ impl Router for RouterApi {
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         self.pipeline
             .start_stream(tenant, request, events_tx)
+            .instrument(genai_span("chat_stream"))
             .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(events_rx))))
     }

@@ -88,13 +88,16 @@ impl Pipeline {
             reservation_id: reservation.id.clone(),
             actual_cost_usd: actual.to_string(),
         };
-        self.shutdown.spawn_tracked(async move {
+        // In the request's span, so that the settlement joins the request's trace.
+        let settle = async move {
             let mut request = tonic::Request::new(call);
             request.set_timeout(Duration::from_secs(5));
             if let Err(status) = client.settle_budget(request).await {
                 tracing::warn!(code = ?status.code(), message = status.message(), "budget settlement failed; the reservation will expire");
             }
-        });
+        };
+        self.shutdown
+            .spawn_tracked(tracing::Instrument::in_current_span(settle));
     }
 
     /// Hands one ledger record per attempt to the outbox.

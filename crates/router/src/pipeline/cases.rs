@@ -79,14 +79,17 @@ impl Pipeline {
         };
         let mut client = self.deps.casebank.clone();
         let timeout = self.timeouts.case_store;
-        self.shutdown.spawn_tracked(async move {
+        // In the request's span, so that the store joins the request's trace.
+        let store = async move {
             let mut call = tonic::Request::new(pb::StoreCaseRequest { case: Some(case) });
             call.set_timeout(timeout);
             if let Err(status) = client.store_case(call).await {
                 Degraded::Casebank.count();
                 tracing::warn!(code = ?status.code(), message = status.message(), "case not stored");
             }
-        });
+        };
+        self.shutdown
+            .spawn_tracked(tracing::Instrument::in_current_span(store));
         id
     }
 

@@ -67,11 +67,13 @@ impl Pipeline {
         let pipeline = Arc::clone(self);
         // The stream runs in its own task (tracked), so that accounting finishes even when the
         // caller disconnects and tonic drops the response.
-        self.shutdown.spawn_tracked(async move {
+        let run = async move {
             pipeline
                 .run_stream(tenant, request, routed, reservation, events)
                 .await;
-        });
+        };
+        self.shutdown
+            .spawn_tracked(tracing::Instrument::in_current_span(run));
         Ok(())
     }
 
