@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod quality;
 pub mod scoring;
+pub mod tenants;
 
 pub use config::RouterConfig;
 pub use error::RouterStartError;
