@@ -7,6 +7,7 @@ pub mod cases;
 pub mod eval;
 pub mod models;
 pub mod spend;
+pub mod tenant;
 pub mod tokenize;
 
 /// Runs a client command on a small runtime of its own; errors go to stderr with exit code 1.
