@@ -28,6 +28,10 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Bound on cached key lookups; beyond it the cache evicts (TinyLFU keeps the busy keys).
 const CACHE_CAPACITY: u64 = 100_000;
 
+/// Longest accepted `cache_ttl_ms`: a rotated key must stop working within the hour (and moka
+/// refuses absurd TTLs by panicking).
+pub const MAX_CACHE_TTL_MS: u64 = 3_600_000;
+
 /// `[router.auth]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -40,7 +44,7 @@ pub struct AuthConfig {
     /// (`printf %s "$KEY" | sha256sum`).
     pub admin_key_sha256: Option<String>,
     /// How long a key lookup is trusted: the delay before a rotated key stops working and a
-    /// changed rate limit applies.
+    /// changed rate limit applies. 0 looks every request up; at most one hour.
     pub cache_ttl_ms: u64,
 }
 
@@ -65,6 +69,11 @@ impl AuthConfig {
                 "router.auth.admin_key_sha256: must be 64 hexadecimal characters (a SHA-256)"
                     .to_owned(),
             );
+        }
+        if self.cache_ttl_ms > MAX_CACHE_TTL_MS {
+            return Err(format!(
+                "router.auth.cache_ttl_ms: must be at most {MAX_CACHE_TTL_MS} (one hour)"
+            ));
         }
         Ok(())
     }
@@ -215,7 +224,9 @@ impl Authenticator {
     pub fn new(store: Arc<dyn TenantStore>, config: AuthConfig) -> Self {
         let by_key_hash = moka::future::Cache::builder()
             .max_capacity(CACHE_CAPACITY)
-            .time_to_live(Duration::from_millis(config.cache_ttl_ms))
+            .time_to_live(Duration::from_millis(
+                config.cache_ttl_ms.min(MAX_CACHE_TTL_MS),
+            ))
             .build();
         Self {
             store,
