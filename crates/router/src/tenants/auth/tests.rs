@@ -452,3 +452,27 @@ fn config_defaults_and_unknown_keys() -> TestResult {
     let _ = Authenticator::new(Arc::new(NoStore), forever);
     Ok(())
 }
+
+fn require_send<T: Send>(_: &T) {}
+
+/// tonic handlers need Send futures; so does anything the router spawns.
+#[test]
+fn futures_and_the_authenticator_are_send() {
+    fn require_send_sync<T: Send + Sync>() {}
+    require_send_sync::<Authenticator>();
+    let auth = Authenticator::new(Arc::new(NoStore), AuthConfig::default());
+    let metadata = MetadataMap::new();
+    require_send(&auth.authenticate(&metadata, ""));
+    let config = AuthConfig::default();
+    let store = NoStore;
+    require_send(&crate::tenants::admin::create_tenant(
+        &store,
+        &config,
+        tonic::Request::new(tollgate_proto::v1::CreateTenantRequest::default()),
+    ));
+    require_send(&crate::tenants::admin::list_tenants(
+        &store,
+        &config,
+        tonic::Request::new(tollgate_proto::v1::ListTenantsRequest::default()),
+    ));
+}
