@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod quality;
 pub mod scoring;
+pub mod tenants;
 pub mod tier;
 
 use std::sync::Arc;

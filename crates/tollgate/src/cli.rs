@@ -44,6 +44,9 @@ pub enum Command {
     Route(crate::commands::complete::RequestArgs),
     /// Print the token IDs of a file or stdin; needs no running server.
     Tokenize(crate::commands::tokenize::TokenizeArgs),
+    /// The router's tenants and API keys: `tollgate tenant add|rotate|list` (opens the store
+    /// from `[storage]` directly; needs no running server).
+    Tenant(crate::commands::tenant::TenantArgs),
 }
 
 /// Which service(s) this process runs. The same image runs one target per pod in production.

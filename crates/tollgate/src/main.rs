@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Models(args) => tollgate::commands::models::run(&config, &args),
         Command::Cache(args) => tollgate::commands::cache::run(args, &config),
         Command::Tokenize(args) => tollgate::commands::tokenize::run(args, &config),
+        Command::Tenant(args) => tollgate::commands::tenant::run(args, &config),
     }
 }
 

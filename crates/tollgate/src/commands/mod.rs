@@ -8,6 +8,7 @@ pub mod complete;
 pub mod eval;
 pub mod models;
 pub mod spend;
+pub mod tenant;
 pub mod tokenize;
 
 /// Runs a client command on a small runtime of its own; errors go to stderr with exit code 1.
