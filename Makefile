@@ -10,7 +10,7 @@ ARGS ?=
 
 ## make run: build and run the whole gateway on the embedded default (no servers needed).
 run: build
-	./target/debug/tollgate serve $(ARGS)
+	TOLLGATE_ROUTER__DEV_TENANT=$${TOLLGATE_ROUTER__DEV_TENANT:-dev} ./target/debug/tollgate serve $(ARGS)
 
 ## make build: debug build of the workspace.
 build:

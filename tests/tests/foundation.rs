@@ -52,7 +52,7 @@ async fn every_service_is_healthy_and_listed_by_reflection() -> TestResult {
 }
 
 #[tokio::test]
-async fn unimplemented_rpcs_answer_unimplemented_and_are_counted() -> TestResult {
+async fn refused_calls_are_counted_with_their_code() -> TestResult {
     let gateway = TestGateway::start(Target::Router).await?;
     let mut client =
         tollgate_proto::v1::router_client::RouterClient::new(gateway.channel(Target::Router)?);
@@ -61,9 +61,11 @@ async fn unimplemented_rpcs_answer_unimplemented_and_are_counted() -> TestResult
         .await
     {
         Err(status) => status,
-        Ok(response) => return Err(format!("placeholder answered {response:?}").into()),
+        Ok(response) => {
+            return Err(format!("a call without an API key answered {response:?}").into());
+        }
     };
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     let router = gateway.service(Target::Router)?;
     let (code, metrics) = http_get(router.metrics, "/metrics").await?;
@@ -74,7 +76,7 @@ async fn unimplemented_rpcs_answer_unimplemented_and_are_counted() -> TestResult
             line.starts_with("grpc_server_handled_total")
                 && line.contains(r#"grpc_service="tollgate.v1.Router""#)
                 && line.contains(r#"grpc_method="Route""#)
-                && line.contains(r#"grpc_code="Unimplemented""#)
+                && line.contains(r#"grpc_code="Unauthenticated""#)
         })
         .ok_or_else(|| format!("no handled_total for Router/Route in:\n{metrics}"))?;
     assert!(line.contains(r#"track="stable""#), "{line}");

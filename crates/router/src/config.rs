@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tollgate_kit::config::ListenConfig;
 
 use crate::policy::PolicyConfig;
+use crate::tenants::AuthConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +24,11 @@ pub struct RouterConfig {
     pub token_cache_timeout_ms: u64,
     /// Time budget of the background StoreCase call.
     pub case_store_timeout_ms: u64,
+    /// API keys and rate limits (`[router.auth]`); on unless explicitly switched off.
+    pub auth: AuthConfig,
+    /// When set (`make run` sets `dev`), this tenant is created or gets a fresh key at start-up,
+    /// and the key is printed on stderr: a ready-to-use development key, with auth still on.
+    pub dev_tenant: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -33,6 +39,8 @@ impl Default for RouterConfig {
             policy_file: None,
             token_cache_timeout_ms: 100,
             case_store_timeout_ms: 2000,
+            auth: AuthConfig::default(),
+            dev_tenant: None,
         }
     }
 }

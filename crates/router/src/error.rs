@@ -17,4 +17,8 @@ pub enum RouterStartError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("router patterns: {0}")]
     Pattern(#[from] regex::Error),
+    #[error("tenant store: {0}")]
+    Tenants(#[from] crate::tenants::TenantStoreError),
+    #[error("{0}")]
+    Config(String),
 }

@@ -9,11 +9,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_kit::error::invalid_argument;
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::router_server::Router;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::pipeline::generate::AnswerChecks;
 use crate::pipeline::{CompletionRequest, SharedPipeline};
+use crate::tenants::{Authenticator, TenantStore};
 
 /// Events buffered per stream before a slow caller holds the upstream back.
 const STREAM_BUFFER: usize = 64;
@@ -22,23 +24,33 @@ const STREAM_BUFFER: usize = 64;
 pub struct RouterApi {
     pipeline: SharedPipeline,
     checks: Arc<AnswerChecks>,
+    authenticator: Arc<Authenticator>,
+    tenants: Arc<dyn TenantStore>,
 }
 
 impl RouterApi {
-    pub fn new(pipeline: SharedPipeline, checks: AnswerChecks) -> Self {
+    pub fn new(
+        pipeline: SharedPipeline,
+        checks: AnswerChecks,
+        authenticator: Authenticator,
+        tenants: Arc<dyn TenantStore>,
+    ) -> Self {
         Self {
             pipeline,
             checks: Arc::new(checks),
+            authenticator: Arc::new(authenticator),
+            tenants,
         }
     }
 
-    /// The tenant a request acts for.
-    fn tenant(&self, requested: &str) -> Result<String, Status> {
-        if requested.is_empty() {
-            Ok("default".to_owned())
-        } else {
-            Ok(requested.to_owned())
-        }
+    /// The tenant a request acts for: its API key's (the request's `tenant` field, when set,
+    /// must match), after the tenant's rate limit.
+    async fn tenant(&self, metadata: &MetadataMap, requested: &str) -> Result<String, Status> {
+        self.authenticator
+            .authenticate(metadata, requested)
+            .await
+            .map(|tenant| tenant.name)
+            .map_err(|error| error.into_status())
     }
 }
 
@@ -73,8 +85,8 @@ impl Router for RouterApi {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let request = request.into_inner();
-        let tenant = self.tenant(&request.tenant)?;
+        let (metadata, _, request) = request.into_parts();
+        let tenant = self.tenant(&metadata, &request.tenant).await?;
         let request = CompletionRequest::from_proto(request)?;
         let span = genai_span("chat");
         let response = self
@@ -90,11 +102,13 @@ impl Router for RouterApi {
         &self,
         request: Request<pb::CompleteStreamRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        // Authentication first: an unauthenticated caller learns nothing about its input.
+        let requested = request.request.as_ref().map_or("", |r| r.tenant.as_str());
+        let tenant = self.tenant(&metadata, requested).await?;
         let request = request
-            .into_inner()
             .request
             .ok_or_else(|| invalid_argument("request", "is required"))?;
-        let tenant = self.tenant(&request.tenant)?;
         let request = CompletionRequest::from_proto(request)?;
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         self.pipeline
@@ -108,11 +122,13 @@ impl Router for RouterApi {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        // Authentication first: an unauthenticated caller learns nothing about its input.
+        let requested = request.request.as_ref().map_or("", |r| r.tenant.as_str());
+        let tenant = self.tenant(&metadata, requested).await?;
         let request = request
-            .into_inner()
             .request
             .ok_or_else(|| invalid_argument("request", "is required"))?;
-        let tenant = self.tenant(&request.tenant)?;
         let request = CompletionRequest::from_proto(request)?;
         let decision = self.pipeline.route_only(&tenant, &request).await?;
         Ok(Response::new(pb::RouteResponse {
@@ -124,11 +140,35 @@ impl Router for RouterApi {
         &self,
         request: Request<pb::FeedbackRequest>,
     ) -> Result<Response<pb::FeedbackResponse>, Status> {
-        let tenant = self.tenant("")?;
+        let tenant = self.tenant(request.metadata(), "").await?;
         let response = self
             .pipeline
             .feedback(&tenant, request.into_inner())
             .await?;
         Ok(Response::new(response))
+    }
+
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        crate::tenants::admin::create_tenant(
+            self.tenants.as_ref(),
+            self.authenticator.config(),
+            request,
+        )
+        .await
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        crate::tenants::admin::list_tenants(
+            self.tenants.as_ref(),
+            self.authenticator.config(),
+            request,
+        )
+        .await
     }
 }

@@ -41,6 +41,15 @@ use crate::catalog::CatalogHandle;
 use crate::pipeline::{Dependencies, Idempotency, Pipeline, Timeouts};
 use crate::policy::PolicyHandle;
 
+/// The development key goes to stderr, for the person who ran `make run`; never to the logs.
+fn announce_dev_key(tenant: &str, key: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\ndevelopment API key for tenant {tenant:?} (new on every start):\n  export TOLLGATE_API_KEY={key}\n  grpcurl -plaintext -H \"authorization: Bearer $TOLLGATE_API_KEY\" -d '{{\"messages\":[{{\"text\":\"hi\"}}]}}' localhost:50051 tollgate.v1.Router/Complete\n"
+    );
+}
+
 /// Connects to the dependencies in the background right away, so that the first requests do
 /// not spend their casebank and token-cache time budgets on connection set-up (the channels are
 /// lazy). Failures are fine: the channels reconnect on use.
@@ -109,7 +118,24 @@ pub async fn serve(config: RouterConfig, env: ServiceEnv) -> Result<(), RouterSt
         },
         shutdown: env.shutdown.clone(),
     });
-    let api = grpc::RouterApi::new(pipeline, pipeline::generate::AnswerChecks::new()?);
+    config.auth.validate().map_err(RouterStartError::Config)?;
+    let tenant_store = tenants::open_tenant_store(&env.storage).await?;
+    if let Some(name) = &config.dev_tenant {
+        let key = tenants::ensure_dev_tenant(tenant_store.as_ref(), name).await?;
+        announce_dev_key(name, key.expose());
+    }
+    if !config.auth.enabled {
+        tracing::warn!(
+            "router.auth.enabled = false: every caller is trusted as the tenant it names"
+        );
+    }
+    let authenticator = tenants::Authenticator::new(Arc::clone(&tenant_store), config.auth.clone());
+    let api = grpc::RouterApi::new(
+        pipeline,
+        pipeline::generate::AnswerChecks::new()?,
+        authenticator,
+        tenant_store,
+    );
     let service = RouterServer::new(api)
         .max_decoding_message_size(env.server.max_message_bytes)
         .max_encoding_message_size(env.server.max_message_bytes);

@@ -77,6 +77,8 @@ pub fn config() -> Config {
     let mut config = Config::default();
     config.router.policy.casebank.timeout_ms = 3000;
     config.router.token_cache_timeout_ms = 3000;
+    // These tests name their tenant in the request; authentication has its own tests.
+    config.router.auth.enabled = false;
     config
 }
 
