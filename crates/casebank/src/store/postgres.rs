@@ -21,6 +21,17 @@ use crate::model::{Case, CaseAction, CaseStats, NearestQuery, RewardFilter, Scor
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// The casebank's own bookkeeping table: the cost-tracker (and other services) may share the
+/// database, and sqlx's default `_sqlx_migrations` would mix their histories (each service then
+/// refuses to start on the other's migrations).
+pub const MIGRATIONS_TABLE: &str = "_casebank_migrations";
+
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
+
 const COLUMNS: &str = "tenant, id, agent, task, tier, model, plan_json, outcome, reward, cost_usd, \
      latency_micros, tags, created_at, embedder, request_id";
 
@@ -57,7 +68,7 @@ impl PgCaseStore {
     /// Connects to `url` and applies the migrations; fails when Postgres cannot be reached.
     pub async fn connect(url: &str, options: &PgOptions) -> StoreResult<Self> {
         let store = Self::connect_lazy(url, options)?;
-        MIGRATOR.run(&store.pool).await.map_err(|e| match e {
+        migrator().run(&store.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(error) => StoreError::from(error),
             other => StoreError::Internal(format!("postgres migrations: {other}")),
         })?;

@@ -31,6 +31,17 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The cost-tracker's own bookkeeping table: the casebank (and other services) may share the
+/// database, and sqlx's default `_sqlx_migrations` would mix their histories (each service then
+/// refuses to start on the other's migrations).
+pub const MIGRATIONS_TABLE: &str = "_cost_tracker_migrations";
+
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
+
 #[derive(Debug, Clone)]
 pub struct PgUsageStore {
     pool: PgPool,
@@ -104,7 +115,7 @@ impl PgUsageStore {
             .connect(url)
             .await
             .map_err(from_sqlx)?;
-        MIGRATOR
+        migrator()
             .run(&pool)
             .await
             .map_err(|e| StoreError::Internal(format!("migrations: {e}")))?;
