@@ -142,3 +142,36 @@ fn text_output_names_the_metrics_and_plot_writes_an_svg() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn a_policy_file_sets_the_operating_point_and_a_bad_one_is_refused() -> TestResult {
+    let scratch = Scratch::new("policy")?;
+    let data = write_data(&scratch.0)?;
+    let data = data.to_str().ok_or("path")?;
+    // Routing switched off: every request gets the default (cheap) tier, so no strong call.
+    let off = scratch.0.join("off.toml");
+    std::fs::write(&off, "[switches]\nrouting = false\n")?;
+    let stdout = tollgate(&[
+        "eval",
+        "routing",
+        "--data",
+        data,
+        "--json",
+        "--policy",
+        off.to_str().ok_or("path")?,
+    ])?;
+    let report: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(report["strong_share"], 0.0, "{stdout}");
+    assert_eq!(report["accuracy"], report["weak_accuracy"], "{stdout}");
+
+    let bad = scratch.0.join("bad.toml");
+    std::fs::write(&bad, "[casebank]\ncheap_ok = 0.2\n")?;
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["eval", "routing", "--data", data, "--policy"])
+        .arg(&bad)
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cheap_fail"), "{stderr}");
+    Ok(())
+}

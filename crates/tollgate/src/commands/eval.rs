@@ -679,6 +679,16 @@ mod tests {
         );
         assert!(casebank.apgr > 0.75, "{casebank:?}");
         assert!(casebank.apgr > none.apgr + 0.25, "{casebank:?} vs {none:?}");
+        // The policy's own decision learns it too: the case bank's "cheap failed on similar
+        // tasks" rule sends the family up, and "cheap succeeded" keeps the rest cheap.
+        assert!(
+            casebank.accuracy > none.accuracy + 0.15,
+            "{casebank:?} vs {none:?}"
+        );
+        assert!(
+            casebank.strong_share < none.strong_share,
+            "{casebank:?} vs {none:?}"
+        );
         assert_eq!(casebank.rows, 200);
         // Same rows, same seed: the random reference is the same for both memories.
         assert_eq!(casebank.random_apgr, none.random_apgr);
