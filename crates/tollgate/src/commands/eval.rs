@@ -234,16 +234,14 @@ impl CasebankMemory {
         neighbours: usize,
         min_similarity: f64,
     ) -> EvalResult<Estimation> {
-        let tier_action = |tier| CaseAction {
-            tier,
-            ..CaseAction::default()
-        };
+        // No candidates: an estimate for every tier seen among the neighbours, as the live
+        // router asks (crates/router/src/pipeline/routing.rs).
         Ok(self
             .service
             .estimate(EstimateQuery {
                 tenant: EVAL_TENANT.into(),
                 task: prompt.into(),
-                candidates: vec![tier_action(CaseTier::Cheap), tier_action(CaseTier::Premium)],
+                candidates: Vec::new(),
                 neighbours,
                 agent_opt: None,
                 min_similarity,
@@ -295,7 +293,7 @@ fn case_evidence(estimation: &Estimation, base_gain: f64) -> Option<CaseEvidence
     })
 }
 
-/// The policy's view of an estimation, as the router builds it from the Estimate answer.
+/// The policy's view of an estimation, as the live router builds it from the Estimate answer.
 fn casebank_signal(estimation: &Estimation) -> CasebankSignal {
     if estimation.cold_start {
         return CasebankSignal::ColdStart;
@@ -303,7 +301,6 @@ fn casebank_signal(estimation: &Estimation) -> CasebankSignal {
     let estimates = estimation
         .estimates
         .iter()
-        .filter(|e| e.evidence > 0)
         .filter_map(|e| {
             let tier = match e.action.tier {
                 CaseTier::Local => Tier::Local,
