@@ -137,7 +137,12 @@ fn text_output_names_the_metrics_and_plot_writes_an_svg() -> TestResult {
     }
     let svg = std::fs::read_to_string(&plot)?;
     assert!(svg.starts_with("<svg"), "{svg}");
-    for label in ["perfect", "random", "tollgate policy"] {
+    for label in [
+        "perfect",
+        "random",
+        "routing score",
+        "policy operating point",
+    ] {
         assert!(svg.contains(label), "{label} missing from the plot");
     }
     Ok(())

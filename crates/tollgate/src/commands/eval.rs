@@ -476,8 +476,17 @@ pub async fn evaluate<M: OutcomeMemory>(
             })
             .collect();
         let perfect_curve = QualityCurve::from_outcomes(&perfect).ok_or("no perfect curve")?;
-        std::fs::write(path, svg_plot(&curve, &random_curve, &perfect_curve))
-            .map_err(|e| format!("--plot {}: {e}", path.display()))?;
+        let n = outcomes.len() as f64;
+        let operating_point = (
+            strong_calls as f64 / n,
+            (correct as f64 / n - curve.weak_accuracy)
+                / (curve.strong_accuracy - curve.weak_accuracy),
+        );
+        std::fs::write(
+            path,
+            svg_plot(&curve, operating_point, &random_curve, &perfect_curve),
+        )
+        .map_err(|e| format!("--plot {}: {e}", path.display()))?;
     }
     let n = outcomes.len() as f64;
     Ok(RoutingReport {
@@ -522,11 +531,15 @@ struct Progress(Option<indicatif::ProgressBar>);
 impl Progress {
     fn new(total: usize) -> Self {
         use std::io::IsTerminal;
-        Self(
-            std::io::stderr()
-                .is_terminal()
-                .then(|| indicatif::ProgressBar::new(total as u64)),
-        )
+        Self(std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rows  {elapsed} elapsed, about {eta} left",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        }))
     }
     fn tick(&self, done: usize) {
         if let Some(bar) = &self.0
@@ -543,7 +556,13 @@ impl Progress {
 }
 
 /// PGR against the share of strong calls, for the policy, a random and a perfect router.
-fn svg_plot(policy: &QualityCurve, random: &QualityCurve, perfect: &QualityCurve) -> String {
+/// The policy's own operating point (share of strong calls, PGR) is marked on its curve.
+fn svg_plot(
+    policy: &QualityCurve,
+    operating_point: (f64, f64),
+    random: &QualityCurve,
+    perfect: &QualityCurve,
+) -> String {
     const W: f64 = 640.0;
     const H: f64 = 420.0;
     const PAD: f64 = 50.0;
@@ -575,10 +594,19 @@ fn svg_plot(policy: &QualityCurve, random: &QualityCurve, perfect: &QualityCurve
          <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"black\"/>\
          <text x=\"{cx}\" y=\"{lb}\" font-size=\"13\" text-anchor=\"middle\">share of strong calls (cost)</text>\
          <text x=\"15\" y=\"{cy}\" font-size=\"13\" transform=\"rotate(-90 15 {cy})\" text-anchor=\"middle\">PGR (quality)</text>\
-         {}{}{}</svg>\n",
+         {}{}{}\
+         <circle cx=\"{ox:.1}\" cy=\"{oy:.1}\" r=\"5\" fill=\"#d62828\"/>\
+         <text x=\"{lx:.0}\" y=\"{ly:.0}\" fill=\"#d62828\" font-size=\"13\">policy operating point \
+         ({os:.0}% strong calls, PGR {op:.2})</text></svg>\n",
         line(perfect, "#2a9d2a", "perfect", 1.0),
-        line(policy, "#1f5fbf", "tollgate policy", 2.0),
+        line(policy, "#1f5fbf", "tollgate routing score", 2.0),
         line(random, "#999999", "random", 3.0),
+        ox = x(operating_point.0),
+        oy = y(operating_point.1),
+        lx = PAD + 10.0,
+        ly = PAD + 60.0,
+        os = operating_point.0 * 100.0,
+        op = operating_point.1,
         b = H - PAD,
         r = W - PAD,
         cx = W / 2.0,
