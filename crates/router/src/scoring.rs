@@ -4,8 +4,14 @@
 //! rate, shrunk by the evidence behind it. Chosen and measured in `research/` (APGR 0.69 on
 //! mmlu_dev and 0.65 on gsm8k from a cold start).
 
-/// Evidence below this much total similarity moves the score only a little.
-const EVIDENCE_SHRINK: f64 = 8.0;
+/// How much the evidence counts, from the case bank's confidence c in [0, 1): the case bank's
+/// confidence is w / (w + 2) for a total neighbour similarity w, and the research shrank by
+/// w / (w + 8), which is c / (4 − 3c): evidence below a total similarity of about 8 moves the
+/// score only a little.
+fn shrink(confidence: f64) -> f64 {
+    let c = confidence.clamp(0.0, 1.0);
+    c / (4.0 - 3.0 * c)
+}
 /// A gain difference of 0.1 (ten points of accuracy) weighs as much as one standard deviation
 /// of the prior.
 const GAIN_SCALE: f64 = 0.1;
@@ -17,8 +23,9 @@ pub struct CaseEvidence {
     pub gain: f64,
     /// The same over every case seen so far: the base rate the neighbours are compared with.
     pub base_gain: f64,
-    /// Total similarity of the neighbours that carry a reward.
-    pub evidence: f64,
+    /// The case bank's confidence in the estimate, in [0, 1): grows with the total similarity
+    /// of the neighbours that carry a reward.
+    pub confidence: f64,
 }
 
 /// Running mean and variance of the prior (Welford), so that the prior is comparable with the
@@ -54,7 +61,7 @@ impl RoutingScorer {
             0.0
         };
         let adjustment = evidence_opt.map_or(0.0, |e| {
-            (e.gain - e.base_gain) * e.evidence / (e.evidence + EVIDENCE_SHRINK) / GAIN_SCALE
+            (e.gain - e.base_gain) * shrink(e.confidence) / GAIN_SCALE
         });
         standardised + self.evidence_weight * adjustment
     }
@@ -80,13 +87,13 @@ mod tests {
         let evidence = CaseEvidence {
             gain: 0.5,
             base_gain: 0.1,
-            evidence: 8.0,
+            confidence: 0.8,
         };
         let mut plain = RoutingScorer::new(0.0);
         let mut coupled = RoutingScorer::new(1.0);
         let a = plain.score(5.0, Some(evidence));
         let b = coupled.score(5.0, Some(evidence));
-        // (0.5 − 0.1) · 8/16 / 0.1 = 2
+        // Confidence 0.8 is a total similarity of 8: (0.5 − 0.1) · 8/16 / 0.1 = 2
         assert!((b - a - 2.0).abs() < 1e-9, "{a} {b}");
     }
 }
