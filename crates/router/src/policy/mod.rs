@@ -74,7 +74,10 @@ impl Default for LevelTiers {
         Self {
             trivial: Tier::Cheap,
             simple: Tier::Cheap,
-            moderate: Tier::Standard,
+            // Measured (`tollgate eval routing`): "moderate" → standard sent over 90% of the
+            // development prompts to the strong tier; cheap, with the case bank free to move
+            // them up, costs about half as much (see BENCHMARKS.md, routing evaluation).
+            moderate: Tier::Cheap,
             complex: Tier::Premium,
             expert: Tier::Premium,
         }
@@ -143,11 +146,13 @@ pub struct CasebankPolicy {
 impl Default for CasebankPolicy {
     fn default() -> Self {
         Self {
-            neighbours: 16,
+            // 64 neighbours with a low floor: the built-in hashing embedder rarely puts a
+            // paraphrase above 0.5, so a higher floor left the case bank silent (routing eval).
+            neighbours: 64,
             min_evidence: 3,
             cheap_ok: 0.8,
             cheap_fail: 0.5,
-            min_similarity: 0.5,
+            min_similarity: 0.2,
             timeout_ms: 50,
         }
     }
