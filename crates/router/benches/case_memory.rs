@@ -96,6 +96,12 @@ async fn run() -> TestResult {
     memory.timeout_ms = 1000;
     // The synthetic paraphrases sit around 0.5-0.8 cosine with the built-in embedder.
     memory.min_similarity = 0.5;
+    // Authentication stays on (a cached key lookup and a rate-limit check per request).
+    let data_dir = tollgate_test_support::temp_dir("case-memory-bench")?;
+    config.storage.data_dir = data_dir.clone();
+    let tenants = tollgate_router::tenants::open_tenant_store(&config.storage).await?;
+    let key = tollgate_router::tenants::ensure_dev_tenant(tenants.as_ref(), "bench").await?;
+    let key = key.expose().to_owned();
     let gateway = TestGateway::start_with(config, Target::All).await?;
     let casebank = CaseBankClient::new(gateway.channel(Target::Casebank)?);
     let router = RouterClient::new(gateway.channel(Target::Router)?);
@@ -152,7 +158,10 @@ async fn run() -> TestResult {
     };
     // Warm-up.
     for n in 0..50 {
-        router.clone().complete(request(n, n % 2 == 0)).await?;
+        router
+            .clone()
+            .complete(authed(request(n, n % 2 == 0), &key))
+            .await?;
     }
     let mut off = Vec::with_capacity(requests);
     let mut on = Vec::with_capacity(requests);
@@ -163,14 +172,14 @@ async fn run() -> TestResult {
         let started = Instant::now();
         let plain = router
             .clone()
-            .complete(request(n, false))
+            .complete(authed(request(n, false), &key))
             .await?
             .into_inner();
         off.push(started.elapsed());
         let started = Instant::now();
         let with = router
             .clone()
-            .complete(request(n, true))
+            .complete(authed(request(n, true), &key))
             .await?
             .into_inner();
         on.push(started.elapsed());
@@ -221,5 +230,16 @@ async fn run() -> TestResult {
     );
     use std::io::Write as _;
     std::io::stdout().write_all(out.as_bytes())?;
-    gateway.stop().await
+    gateway.stop().await?;
+    std::fs::remove_dir_all(data_dir)?;
+    Ok(())
+}
+
+/// `message` with the API key as `authorization: Bearer` metadata.
+fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {key}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }

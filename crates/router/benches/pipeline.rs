@@ -77,13 +77,23 @@ async fn run() -> TestResult {
     // Generous budgets: the benchmark measures time, a timeout would hide it as "degraded".
     config.router.policy.casebank.timeout_ms = 1000;
     config.router.token_cache_timeout_ms = 1000;
+    // Authentication stays on (a cached key lookup and a rate-limit check per request).
+    let data_dir = tollgate_test_support::temp_dir("pipeline-bench")?;
+    config.storage.data_dir = data_dir.clone();
+    let tenants = tollgate_router::tenants::open_tenant_store(&config.storage).await?;
+    let key = tollgate_router::tenants::ensure_dev_tenant(tenants.as_ref(), "bench").await?;
+    let key = key.expose().to_owned();
     let gateway = TestGateway::start_with(config, Target::All).await?;
     let router = RouterClient::new(gateway.channel(Target::Router)?);
     let adapter = ProviderAdapterClient::new(gateway.channel(Target::ProviderAdapter)?);
 
     // Warm up every path (connections, catalog, tokenizer, first cases).
     for n in 0..200 {
-        let response = router.clone().complete(request(n)).await?.into_inner();
+        let response = router
+            .clone()
+            .complete(authed(request(n), &key))
+            .await?
+            .into_inner();
         let degraded = response.decision.unwrap_or_default().degraded;
         if !degraded.is_empty() {
             return Err(format!("warm-up ran degraded: {degraded:?}").into());
@@ -115,10 +125,11 @@ async fn run() -> TestResult {
         let scheduled = start + interval * n as u32;
         tokio::time::sleep_until(scheduled.into()).await;
         let mut client = router.clone();
+        let call = authed(request(1000 + n), &key);
         let latencies = Arc::clone(&latencies);
         let errors = Arc::clone(&errors);
         tasks.spawn(async move {
-            match client.complete(request(1000 + n)).await {
+            match client.complete(call).await {
                 Ok(_) => latencies.lock().await.push(scheduled.elapsed()),
                 Err(_) => {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -139,11 +150,12 @@ async fn run() -> TestResult {
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..concurrency {
         let mut client = router.clone();
+        let key = key.clone();
         let done = Arc::clone(&done);
         workers.spawn(async move {
             let mut n = 1_000_000 + worker * 1_000_000;
             while closed_start.elapsed() < window {
-                if client.complete(request(n)).await.is_ok() {
+                if client.complete(authed(request(n), &key)).await.is_ok() {
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 n += 1;
@@ -184,5 +196,16 @@ async fn run() -> TestResult {
         )
         .as_bytes(),
     )?;
-    gateway.stop().await
+    gateway.stop().await?;
+    std::fs::remove_dir_all(data_dir)?;
+    Ok(())
+}
+
+/// `message` with the API key as `authorization: Bearer` metadata.
+fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {key}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }

@@ -102,6 +102,24 @@ WHERE ($4::text IS NULL OR b.tenant = $4)
 ORDER BY b.tenant, b.provider, b.model, b.period";
 
 impl PgUsageStore {
+    /// Whether any budget covers this (tenant, provider, model); a read on the pool, outside
+    /// any write transaction.
+    async fn any_budget_applies(
+        &self,
+        (tenant, provider, model): (&str, &str, &str),
+    ) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM budgets
+             WHERE tenant IN ('', $1) AND provider IN ('', $2) AND model IN ('', $3))",
+        )
+        .bind(tenant)
+        .bind(provider)
+        .bind(model)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(from_sqlx)
+    }
+
     /// Connects and runs the embedded migrations (under Postgres' advisory lock, so several
     /// instances may start at once).
     pub async fn connect(
@@ -536,6 +554,15 @@ impl UsageStore for PgUsageStore {
             request.provider.as_str(),
             request.model.as_str(),
         );
+        // No budget applies: nothing to hold, and no write (the write transaction and its
+        // fsync were the whole pipeline's throughput limit on SQLite). The answer has no
+        // reservation id, so there is nothing to settle either.
+        if !self.any_budget_applies(applies_to).await? {
+            return Ok(ReserveOutcome::Held {
+                reservation_id: String::new(),
+                budgets: Vec::new(),
+            });
+        }
         let mut tx = self.pool.begin().await.map_err(from_sqlx)?;
         // Budget id order is the lock order of every transaction that locks period rows.
         let budgets = sqlx::query(

@@ -99,6 +99,24 @@ fn from_micros(value: i64) -> StoreResult<DateTime<Utc>> {
 }
 
 impl SqliteUsageStore {
+    /// Whether any budget covers this (tenant, provider, model); a read on the pool, outside
+    /// any write transaction.
+    async fn any_budget_applies(
+        &self,
+        (tenant, provider, model): (&str, &str, &str),
+    ) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM budgets
+             WHERE tenant IN ('', $1) AND provider IN ('', $2) AND model IN ('', $3))",
+        )
+        .bind(tenant)
+        .bind(provider)
+        .bind(model)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(from_sqlx)
+    }
+
     /// Opens (creating if needed) the database file and runs the embedded migrations.
     pub async fn open(path: &Path, acquire_timeout: Duration) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
@@ -469,6 +487,15 @@ impl UsageStore for SqliteUsageStore {
             request.provider.as_str(),
             request.model.as_str(),
         );
+        // No budget applies: nothing to hold, and no write (the write transaction and its
+        // fsync were the whole pipeline's throughput limit on SQLite). The answer has no
+        // reservation id, so there is nothing to settle either.
+        if !self.any_budget_applies(applies_to).await? {
+            return Ok(ReserveOutcome::Held {
+                reservation_id: String::new(),
+                budgets: Vec::new(),
+            });
+        }
         let estimate = to_picos(request.estimated_cost_usd, "estimated_cost_usd")?;
         let expires_at = micros(now) + i64::from(request.ttl_seconds) * 1_000_000;
         let mut tx = self.write_tx().await?;

@@ -288,14 +288,26 @@ impl Pipeline {
         }
         let window = model.context_window;
         let room = window.saturating_sub(prompt_tokens + max_output_tokens);
-        let mut sized = Vec::with_capacity(examples.cases.len());
-        for example in &examples.cases {
-            let tokens = self
-                .count_tokens(model, &render(template, std::slice::from_ref(example)))
+        // One count per example (they are dropped one by one) plus the header and footer, all
+        // at once: K + 1 token-cache calls cost one round trip.
+        let texts: Vec<String> = std::iter::once(render(template, &[]))
+            .chain(
+                examples
+                    .cases
+                    .iter()
+                    .map(|example| render(template, std::slice::from_ref(example))),
+            )
+            .collect();
+        let counts =
+            futures_util::future::join_all(texts.iter().map(|text| self.count_tokens(model, text)))
                 .await;
-            sized.push((example.clone(), tokens));
-        }
-        let overhead = self.count_tokens(model, &render(template, &[])).await;
+        let overhead = counts.first().copied().unwrap_or(0);
+        let mut sized: Vec<(Example, u64)> = examples
+            .cases
+            .iter()
+            .cloned()
+            .zip(counts.into_iter().skip(1))
+            .collect();
         let mut total: u64 = overhead + sized.iter().map(|(_, t)| t).sum::<u64>();
         while total > room && !sized.is_empty() {
             let longest = sized
