@@ -72,8 +72,11 @@ fn record_genai(span: &tracing::Span, response: &pb::CompleteResponse) {
         span.record("gen_ai.request.model", decision.model.as_str());
     }
     if let Some(usage) = &response.usage {
-        span.record("gen_ai.usage.input_tokens", usage.input_tokens);
-        span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+        // As i64: tracing-opentelemetry exports a u64 as a string, and the GenAI conventions
+        // (and every backend's sum/filter on token counts) want an integer.
+        let as_int = |tokens: u64| i64::try_from(tokens).unwrap_or(i64::MAX);
+        span.record("gen_ai.usage.input_tokens", as_int(usage.input_tokens));
+        span.record("gen_ai.usage.output_tokens", as_int(usage.output_tokens));
     }
 }
 
