@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tollgate_kit::telemetry::TelemetryConfig;
 use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::cost_tracker_client::CostTrackerClient;
 use tollgate_test_support::{ServiceTarget as Target, TestGateway, TestResult};
 use tonic::{Request, Response, Status};
 
@@ -170,6 +171,21 @@ fn one_complete_call_is_one_trace_across_the_five_services() -> TestResult {
 
     let outcome: TestResult<(pb::CompleteResponse, Vec<Span>)> = runtime.block_on(async {
         let gateway = TestGateway::start_with(config(), Target::All).await?;
+        // A budget for the tenant: without one the reservation is a read and there is
+        // nothing to settle, and the settlement (a background task) is what this checks.
+        CostTrackerClient::new(gateway.channel(Target::CostTracker)?)
+            .set_budget(pb::SetBudgetRequest {
+                budget: Some(pb::Budget {
+                    scope: Some(pb::BudgetScope {
+                        tenant: "acme".into(),
+                        ..Default::default()
+                    }),
+                    period: pb::BudgetPeriod::Month as i32,
+                    soft_limit_usd: String::new(),
+                    hard_limit_usd: "100".into(),
+                }),
+            })
+            .await?;
         let response = router(&gateway)?
             .complete(with_context("When does the office open?"))
             .await?
