@@ -14,8 +14,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// Environment variables with the `TOLLGATE_` prefix that are not configuration keys.
-const NON_CONFIG_VARS: [&str; 2] = ["CONFIG", "LOG"];
+/// Environment variables with the `TOLLGATE_` prefix that are not configuration keys: the
+/// config file's path, the log filter, and the client commands' API key.
+const NON_CONFIG_VARS: [&str; 3] = ["CONFIG", "LOG", "API_KEY"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -297,6 +298,7 @@ mod tests {
             jail.clear_env();
             jail.set_env("TOLLGATE_CONFIG", "x.toml");
             jail.set_env("TOLLGATE_LOG", "debug");
+            jail.set_env("TOLLGATE_API_KEY", "tg_secret");
             let loaded: Result<Sample, _> = load(None);
             assert!(loaded.is_ok(), "{loaded:?}");
             Ok(())
