@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench --workspace --bench case_memory` (release) or with `--profile dev`.
 
+mod common;
+
+use common::{authed, micros, percentile};
 use std::time::{Duration, Instant};
 
 use tollgate::config::Config;
@@ -60,25 +63,6 @@ fn task(n: usize) -> String {
     )
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 fn main() -> TestResult {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -87,8 +71,8 @@ fn main() -> TestResult {
 }
 
 async fn run() -> TestResult {
-    let cases = env_usize("BENCH_CASES", 10_000);
-    let requests = env_usize("BENCH_REQUESTS", 500);
+    let cases = common::env_u64("BENCH_CASES", 10_000) as usize;
+    let requests = common::env_u64("BENCH_REQUESTS", 500) as usize;
     let mut config = Config::default();
     config.router.policy.casebank.timeout_ms = 1000;
     config.router.token_cache_timeout_ms = 1000;
@@ -96,12 +80,7 @@ async fn run() -> TestResult {
     memory.timeout_ms = 1000;
     // The synthetic paraphrases sit around 0.5-0.8 cosine with the built-in embedder.
     memory.min_similarity = 0.5;
-    // Authentication stays on (a cached key lookup and a rate-limit check per request).
-    let data_dir = tollgate_test_support::temp_dir("case-memory-bench")?;
-    config.storage.data_dir = data_dir.clone();
-    let tenants = tollgate_router::tenants::open_tenant_store(&config.storage).await?;
-    let key = tollgate_router::tenants::ensure_dev_tenant(tenants.as_ref(), "bench").await?;
-    let key = key.expose().to_owned();
+    let (data_dir, key) = common::bench_tenant(&mut config, "case-memory-bench").await?;
     let gateway = TestGateway::start_with(config, Target::All).await?;
     let casebank = CaseBankClient::new(gateway.channel(Target::Casebank)?);
     let router = RouterClient::new(gateway.channel(Target::Router)?);
@@ -233,13 +212,4 @@ async fn run() -> TestResult {
     gateway.stop().await?;
     std::fs::remove_dir_all(data_dir)?;
     Ok(())
-}
-
-/// `message` with the API key as `authorization: Bearer` metadata.
-fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {key}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }

@@ -15,6 +15,9 @@
 //! quick debug-build figure; results go to BENCHMARKS.md.
 
 use std::sync::Arc;
+mod common;
+
+use common::{authed, micros, percentile};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -23,25 +26,6 @@ use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::provider_adapter_client::ProviderAdapterClient;
 use tollgate_proto::v1::router_client::RouterClient;
 use tollgate_test_support::{ServiceTarget as Target, TestGateway, TestResult};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
 
 fn request(n: u64) -> pb::CompleteRequest {
     pb::CompleteRequest {
@@ -71,18 +55,13 @@ fn main() -> TestResult {
 }
 
 async fn run() -> TestResult {
-    let rate = env_u64("BENCH_RATE", 500);
-    let seconds = env_u64("BENCH_SECONDS", 10);
+    let rate = common::env_u64("BENCH_RATE", 500);
+    let seconds = common::env_u64("BENCH_SECONDS", 10);
     let mut config = Config::default();
     // Generous budgets: the benchmark measures time, a timeout would hide it as "degraded".
     config.router.policy.casebank.timeout_ms = 1000;
     config.router.token_cache_timeout_ms = 1000;
-    // Authentication stays on (a cached key lookup and a rate-limit check per request).
-    let data_dir = tollgate_test_support::temp_dir("pipeline-bench")?;
-    config.storage.data_dir = data_dir.clone();
-    let tenants = tollgate_router::tenants::open_tenant_store(&config.storage).await?;
-    let key = tollgate_router::tenants::ensure_dev_tenant(tenants.as_ref(), "bench").await?;
-    let key = key.expose().to_owned();
+    let (data_dir, key) = common::bench_tenant(&mut config, "pipeline-bench").await?;
     let gateway = TestGateway::start_with(config, Target::All).await?;
     let router = RouterClient::new(gateway.channel(Target::Router)?);
     let adapter = ProviderAdapterClient::new(gateway.channel(Target::ProviderAdapter)?);
@@ -199,13 +178,4 @@ async fn run() -> TestResult {
     gateway.stop().await?;
     std::fs::remove_dir_all(data_dir)?;
     Ok(())
-}
-
-/// `message` with the API key as `authorization: Bearer` metadata.
-fn authed<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {key}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }

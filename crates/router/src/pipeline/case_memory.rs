@@ -222,18 +222,15 @@ impl Pipeline {
         });
         call.set_timeout(budget);
         let mut client = self.deps.casebank.clone();
-        let response = match tokio::time::timeout(budget, client.retrieve(call)).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "case retrieval failed; no examples");
-                Degraded::Casebank.count();
-                return Examples {
-                    cases: Vec::new(),
-                    degraded: true,
-                };
-            }
-            Err(_) => {
-                tracing::warn!(?budget, "case retrieval too slow; no examples");
+        let failure = match tokio::time::timeout(budget, client.retrieve(call)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(format!("failed: {}", status.message())),
+            Err(_) => Err(format!("no answer within {budget:?}")),
+        };
+        let response = match failure {
+            Ok(response) => response,
+            Err(reason) => {
+                tracing::warn!(%reason, "case retrieval; no examples");
                 Degraded::Casebank.count();
                 return Examples {
                     cases: Vec::new(),
