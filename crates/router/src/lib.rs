@@ -7,7 +7,8 @@
 //! on tollgate-kit and tollgate-proto (and client libraries) only, never on another service crate.
 //!
 //! Layout: [`classify`] (complexity), [`policy`] (the decision, hot reload), [`catalog`] (models
-//! by tier), [`pipeline`] (the request path), [`grpc`] (proto <-> domain).
+//! by tier), [`pipeline`] (the request path, case memory), [`tenants`] (API keys, rate limits),
+//! [`grpc`] (proto <-> domain), [`scoring`] and [`quality`] (the routing evaluation).
 
 pub mod catalog;
 pub mod classify;
