@@ -72,7 +72,7 @@ impl Pipeline {
         }
         tracing::warn!(%failure, "budget not checked: cost-tracker unavailable (fail-open)");
         Degraded::CostTracker.count();
-        routed.degraded.push(Degraded::CostTracker);
+        routed.mark_degraded(Degraded::CostTracker);
         routed.extra_reasons.push(Reason::BudgetUnchecked);
         Ok(Reservation::default())
     }

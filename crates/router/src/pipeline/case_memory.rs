@@ -16,6 +16,7 @@ use tollgate_proto::v1 as pb;
 
 use crate::catalog::CatalogModel;
 use crate::pipeline::request::message_text;
+use crate::pipeline::routing::Routed;
 use crate::pipeline::{CompletionRequest, Degraded, Pipeline};
 
 /// `case_memory: off | examples`.
@@ -197,9 +198,30 @@ fn answer_of(case: &pb::Case) -> String {
 }
 
 impl Pipeline {
-    /// Retrieves this tenant's examples for `request` (nothing when not wanted). A case bank
-    /// that fails or is slow gives no examples and marks the request degraded.
+    /// Retrieves this tenant's examples for `request` under `routed`'s policy (nothing when
+    /// not wanted). A case bank that fails or is slow gives no examples and marks the request
+    /// degraded.
     pub async fn examples(
+        &self,
+        tenant: &str,
+        request: &CompletionRequest,
+        routed: &mut Routed,
+    ) -> Examples {
+        let examples = self
+            .retrieve_examples(
+                tenant,
+                request,
+                &routed.policy.case_memory,
+                routed.policy.switches.case_memory,
+            )
+            .await;
+        if examples.degraded {
+            routed.mark_degraded(Degraded::Casebank);
+        }
+        examples
+    }
+
+    async fn retrieve_examples(
         &self,
         tenant: &str,
         request: &CompletionRequest,

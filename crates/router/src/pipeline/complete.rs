@@ -11,7 +11,7 @@ use crate::pipeline::cases::Served;
 use crate::pipeline::generate::{Answer, AnswerChecks, AttemptLog, ExampleSet};
 use crate::pipeline::idempotency::Admission;
 use crate::pipeline::routing::Routed;
-use crate::pipeline::{CompletionRequest, Degraded, Pipeline, response};
+use crate::pipeline::{CompletionRequest, Pipeline, response};
 use crate::policy::Reason;
 
 impl Pipeline {
@@ -64,17 +64,7 @@ impl Pipeline {
         }
         let use_token_cache = routed.policy.switches.token_cache;
         let policy = std::sync::Arc::clone(&routed.policy);
-        let examples = self
-            .examples(
-                tenant,
-                request,
-                &policy.case_memory,
-                policy.switches.case_memory,
-            )
-            .await;
-        if examples.degraded && !routed.degraded.contains(&Degraded::Casebank) {
-            routed.degraded.push(Degraded::Casebank);
-        }
+        let examples = self.examples(tenant, request, &mut routed).await;
         let example_set = ExampleSet {
             examples: &examples,
             template: &policy.case_memory.template,
@@ -99,10 +89,8 @@ impl Pipeline {
             .await;
         self.settle(&reservation, cost);
         let answer = outcome?;
-        if let Some(degraded) = answer.prompt.degraded
-            && !routed.degraded.contains(&degraded)
-        {
-            routed.degraded.push(degraded);
+        if let Some(degraded) = answer.prompt.degraded {
+            routed.mark_degraded(degraded);
         }
         let latency_micros = started.elapsed().as_micros() as u64;
         let case_id = self.store_case(

@@ -44,6 +44,13 @@ impl Routed {
         &self.candidates[0]
     }
 
+    /// Records a dependency that was unavailable for this request, once.
+    pub fn mark_degraded(&mut self, degraded: Degraded) {
+        if !self.degraded.contains(&degraded) {
+            self.degraded.push(degraded);
+        }
+    }
+
     pub fn reasons(&self) -> Vec<String> {
         self.decision
             .reasons

@@ -22,7 +22,7 @@ use crate::pipeline::complete::cache_hit_tokens;
 use crate::pipeline::generate::{AttemptLog, ExampleSet, generate_request, retryable};
 use crate::pipeline::idempotency::Admission;
 use crate::pipeline::routing::Routed;
-use crate::pipeline::{CompletionRequest, Degraded, Pipeline, response};
+use crate::pipeline::{CompletionRequest, Pipeline, response};
 use crate::policy::Reason;
 
 pub type EventSender = mpsc::Sender<Result<pb::CompleteStreamResponse, Status>>;
@@ -97,17 +97,7 @@ impl Pipeline {
             Err(Status::unavailable("no candidate model"));
         let candidates = routed.candidates.clone();
         let policy = Arc::clone(&routed.policy);
-        let examples = self
-            .examples(
-                &tenant,
-                &request,
-                &policy.case_memory,
-                policy.switches.case_memory,
-            )
-            .await;
-        if examples.degraded && !routed.degraded.contains(&Degraded::Casebank) {
-            routed.degraded.push(Degraded::Casebank);
-        }
+        let examples = self.examples(&tenant, &request, &mut routed).await;
         let example_set = ExampleSet {
             examples: &examples,
             template: &policy.case_memory.template,
@@ -123,10 +113,8 @@ impl Pipeline {
                     break;
                 }
             };
-            if let Some(degraded) = prompt.degraded
-                && !routed.degraded.contains(&degraded)
-            {
-                routed.degraded.push(degraded);
+            if let Some(degraded) = prompt.degraded {
+                routed.mark_degraded(degraded);
             }
             let call_started = Instant::now();
             let call = pb::GenerateStreamRequest {
@@ -155,10 +143,7 @@ impl Pipeline {
                         event: Some(pb::generate_stream_response::Event::Delta(delta)),
                     }) => {
                         if !sent_decision {
-                            if model.id != routed.model().id {
-                                routed.extra_reasons.push(Reason::ProviderFallback);
-                            }
-                            caller.send_decision(&routed, model).await;
+                            caller.send_decision(&mut routed, model).await;
                             sent_decision = true;
                         }
                         text.push_str(&delta.text);
@@ -182,10 +167,7 @@ impl Pipeline {
                 (Some(mut end), _) => {
                     log.extend(std::mem::take(&mut end.attempts));
                     if !sent_decision {
-                        if model.id != routed.model().id {
-                            routed.extra_reasons.push(Reason::ProviderFallback);
-                        }
-                        caller.send_decision(&routed, model).await;
+                        caller.send_decision(&mut routed, model).await;
                     }
                     outcome = Ok(StreamedAnswer {
                         model: model.clone(),
@@ -328,7 +310,12 @@ impl Caller {
         }
     }
 
-    async fn send_decision(&mut self, routed: &Routed, model: &crate::catalog::CatalogModel) {
+    /// The decision event, naming the model that is about to answer (a fallback when it is not
+    /// the first candidate).
+    async fn send_decision(&mut self, routed: &mut Routed, model: &crate::catalog::CatalogModel) {
+        if model.id != routed.model().id {
+            routed.extra_reasons.push(Reason::ProviderFallback);
+        }
         self.send(pb::complete_stream_response::Event::Decision(
             response::decision(routed, Some(model)),
         ))
