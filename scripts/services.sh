@@ -19,6 +19,7 @@
 #       an explicitly set port must be free
 #   TOLLGATE_SERVICES_REUSE=0     never reuse the machine's servers on 5432/6379
 #   TOLLGATE_SERVICES_TIMEOUT     seconds to wait for a server to answer (60)
+#   TOLLGATE_PG_SHARED_BUFFERS    shared_buffers of the PostgreSQL this script starts (1GB)
 # Only `env` writes to stdout; all progress goes to stderr. State lives in .services/ (remove it,
 # after `down`, to start from an empty cluster).
 set -euo pipefail
@@ -35,6 +36,9 @@ SYSTEM_PG_PORT=5432
 SYSTEM_REDIS_PORT=6379
 REUSE=${TOLLGATE_SERVICES_REUSE:-1}
 TIMEOUT=${TOLLGATE_SERVICES_TIMEOUT:-60}
+# pgvector's HNSW search is fast only while the index stays in shared buffers: at 100k cases of
+# 384 dimensions the index is ~200 MB, past PostgreSQL's default of 128 MB (BENCHMARKS.md).
+PG_SHARED_BUFFERS=${TOLLGATE_PG_SHARED_BUFFERS:-1GB}
 PG_SERVICE_USER=tollgate-pg # PostgreSQL refuses to run as root: it runs as this user instead
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -350,7 +354,7 @@ EOF
   local out attempt
   for attempt in 1 2 3; do
     out=$(cd / && as_pg_user "$bindir/pg_ctl" -D "$datadir" -l "$logfile" -w -t "$TIMEOUT" \
-      -o "-p $port" start 2>&1 9>&-) && break
+      -o "-p $port -c shared_buffers=$PG_SHARED_BUFFERS" start 2>&1 9>&-) && break
     if ((attempt == 3)); then
       tail_log "$logfile"
       log "pg_ctl: $out"

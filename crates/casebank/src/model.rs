@@ -142,8 +142,12 @@ pub struct NearestQuery {
 impl NearestQuery {
     /// The metadata filters (everything but similarity).
     pub fn accepts(&self, case: &Case) -> bool {
-        case.embedder == self.embedder
-            && self.reward.accepts(case.reward)
+        case.embedder == self.embedder && self.accepts_metadata(case)
+    }
+
+    /// The filters other than the embedder, for stores that keep each embedder's cases apart.
+    pub fn accepts_metadata(&self, case: &Case) -> bool {
+        self.reward.accepts(case.reward)
             && self
                 .agent_opt
                 .as_ref()

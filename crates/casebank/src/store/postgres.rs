@@ -60,6 +60,8 @@ impl Default for PgOptions {
 #[derive(Debug)]
 pub struct PgCaseStore {
     pool: PgPool,
+    /// The most candidates one HNSW index scan yields (`hnsw.ef_search`).
+    ef_search: u32,
     /// Dimensions whose HNSW index is known to exist.
     indexed_dims: Mutex<HashSet<usize>>,
 }
@@ -99,6 +101,7 @@ impl PgCaseStore {
             .connect_lazy_with(connect_options);
         Ok(Self {
             pool,
+            ef_search,
             indexed_dims: Mutex::new(HashSet::new()),
         })
     }
@@ -187,6 +190,113 @@ impl PgCaseStore {
             });
         }
         Ok(scored)
+    }
+}
+
+/// Whether two queries ask the same search apart from the reward filter and the count
+/// (Retrieve's positives and negatives).
+fn differ_only_in_reward(a: &NearestQuery, b: &NearestQuery) -> bool {
+    a.tenant == b.tenant
+        && a.embedder == b.embedder
+        && a.embedding == b.embedding
+        && a.agent_opt == b.agent_opt
+        && a.tags == b.tags
+}
+
+impl PgCaseStore {
+    /// Several queries that differ only in their reward filter, from one HNSW index scan.
+    ///
+    /// pgvector before 0.8 filters after the index scan: a filtered `ORDER BY ... LIMIT k`
+    /// walks the scan's at most `ef_search` candidates, nearest first, and keeps the first k
+    /// that pass. Two filtered queries therefore walk the same candidate list twice, at the
+    /// cost of two index searches. Here the list is fetched once (ids, rewards and
+    /// similarities only), split by each query's filter, and only the chosen cases are read
+    /// in full, by primary key. A query that comes back short falls back to [`Self::nearest`]
+    /// (which checks with an exact scan), exactly as its own search would have.
+    async fn nearest_sharing_one_scan(
+        &self,
+        queries: &[NearestQuery],
+    ) -> StoreResult<Vec<Vec<ScoredCase>>> {
+        let Some(first) = queries.first() else {
+            return Ok(Vec::new());
+        };
+        let dims = first.embedding.len();
+        if dims == 0 {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        self.ensure_index(dims).await;
+        let sql = format!(
+            "SELECT id, reward, 1 - ((embedding::vector({dims})) <=> $1) AS similarity \
+             FROM cases \
+             WHERE tenant = $2 AND embedder = $3 AND dims = {dims} \
+               AND ($4::text IS NULL OR agent = $4) \
+               AND tags @> $5::text[] \
+             ORDER BY (embedding::vector({dims})) <=> $1 \
+             LIMIT $6"
+        );
+        let candidates = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(Vector::from(first.embedding.clone()))
+            .bind(&first.tenant)
+            .bind(&first.embedder)
+            .bind(first.agent_opt.as_deref())
+            .bind(&first.tags)
+            .bind(i64::from(self.ef_search))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut candidate_list = Vec::with_capacity(candidates.len());
+        for row in &candidates {
+            let id: String = row.try_get("id")?;
+            let reward: Option<f64> = row.try_get("reward")?;
+            let similarity: f64 = row.try_get("similarity")?;
+            candidate_list.push((id, reward, similarity.clamp(-1.0, 1.0)));
+        }
+        let chosen: Vec<Vec<&(String, Option<f64>, f64)>> = queries
+            .iter()
+            .map(|query| {
+                candidate_list
+                    .iter()
+                    .filter(|(_, reward, _)| query.reward.accepts(*reward))
+                    .take(query.limit)
+                    .collect()
+            })
+            .collect();
+        let ids: Vec<&str> = chosen
+            .iter()
+            .flatten()
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM cases WHERE tenant = $1 AND id = ANY($2)"
+        )))
+        .bind(&first.tenant)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let case = decode(row)?;
+            by_id.insert(case.id.clone(), case);
+        }
+        let mut answers = Vec::with_capacity(queries.len());
+        for (query, chosen) in queries.iter().zip(chosen) {
+            let mut found: Vec<ScoredCase> = chosen
+                .into_iter()
+                .filter_map(|(id, _, similarity)| {
+                    by_id.get(id).map(|case| ScoredCase {
+                        case: case.clone(),
+                        similarity: *similarity,
+                    })
+                })
+                .collect();
+            if found.len() < query.limit {
+                // Short (or a case deleted in between): the query's own search decides.
+                found = self.nearest(query).await?;
+            } else {
+                found.retain(|scored| scored.similarity >= query.min_similarity);
+            }
+            answers.push(found);
+        }
+        Ok(answers)
     }
 }
 
@@ -326,7 +436,9 @@ impl CaseStore for PgCaseStore {
 
     async fn nearest_each(&self, queries: &[NearestQuery]) -> StoreResult<Vec<Vec<ScoredCase>>> {
         match queries {
-            // Retrieve's positives and negatives: two round trips at once.
+            [first, second] if differ_only_in_reward(first, second) => {
+                self.nearest_sharing_one_scan(queries).await
+            }
             [first, second] => {
                 let (first, second) = tokio::join!(self.nearest(first), self.nearest(second));
                 Ok(vec![first?, second?])

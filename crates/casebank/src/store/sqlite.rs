@@ -1,8 +1,10 @@
 //! [`SqliteCaseStore`]: the embedded default, a `casebank.sqlite` file under
 //! `storage.data_dir`. Searches are exact: each tenant's cases are loaded into memory on first
 //! use and kept in step with every write (writes go to SQLite first, then to the copy, under
-//! one lock), so a search is a scan of dot products over contiguous vectors, never a read of
-//! BLOBs from disk. Exact search stays within a few milliseconds up to about 50k cases.
+//! one lock), so a search is a scan of dot products over contiguous vectors ([`memory`]), never
+//! a read of BLOBs from disk. Exact search stays within a few milliseconds up to about 50k cases.
+
+mod memory;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,8 +20,8 @@ use sqlx::sqlite::{
 };
 use tollgate_kit::money::Usd;
 
+use self::memory::TenantCases;
 use super::{CaseStore, StoreError, StoreResult};
-use crate::embed::dot;
 use crate::model::{Case, CaseAction, CaseStats, NearestQuery, ScoredCase, Tier};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -30,20 +32,14 @@ pub const FILE_NAME: &str = "casebank.sqlite";
 const COLUMNS: &str = "tenant, id, agent, task, tier, model, plan_json, outcome, reward, cost_usd, \
      latency_micros, tags, created_at, embedder, request_id, embedding";
 
-#[derive(Debug, Clone)]
-struct CachedCase {
-    case: Case,
-    embedding: Vec<f32>,
-}
-
-type TenantCases = Arc<RwLock<Vec<CachedCase>>>;
+type SharedTenantCases = Arc<RwLock<TenantCases>>;
 
 #[derive(Debug)]
 pub struct SqliteCaseStore {
     pool: SqlitePool,
     /// Loaded tenants only. Guarded by `write_lock` for loading and writing; searches take the
     /// read side of the tenant's own lock.
-    cache: RwLock<HashMap<String, TenantCases>>,
+    cache: RwLock<HashMap<String, SharedTenantCases>>,
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -76,7 +72,7 @@ impl SqliteCaseStore {
         })
     }
 
-    fn cached(&self, tenant: &str) -> Option<TenantCases> {
+    fn cached(&self, tenant: &str) -> Option<SharedTenantCases> {
         self.cache
             .read()
             .ok()
@@ -84,7 +80,7 @@ impl SqliteCaseStore {
     }
 
     /// The in-memory copy of `tenant`'s cases, loading it on first use.
-    async fn tenant_cases(&self, tenant: &str) -> StoreResult<TenantCases> {
+    async fn tenant_cases(&self, tenant: &str) -> StoreResult<SharedTenantCases> {
         if let Some(cases) = self.cached(tenant) {
             return Ok(cases);
         }
@@ -98,10 +94,10 @@ impl SqliteCaseStore {
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
-        let mut cases = Vec::with_capacity(rows.len());
+        let mut cases = TenantCases::default();
         for row in &rows {
             let (case, embedding) = decode(row)?;
-            cases.push(CachedCase { case, embedding });
+            cases.push(case, &embedding);
         }
         let cases = Arc::new(RwLock::new(cases));
         self.cache
@@ -116,7 +112,7 @@ impl SqliteCaseStore {
     fn update_cached(
         &self,
         tenant: &str,
-        change: impl FnOnce(&mut Vec<CachedCase>),
+        change: impl FnOnce(&mut TenantCases),
     ) -> StoreResult<()> {
         if let Some(cases) = self.cached(tenant) {
             let mut cases = cases.write().map_err(|_| poisoned())?;
@@ -180,57 +176,6 @@ fn decode(row: &SqliteRow) -> StoreResult<(Case, Vec<f32>)> {
     Ok((case, embedding))
 }
 
-/// Exact k-nearest over `cases` for each of `queries` (which share tenant and embedding), in
-/// one pass: each dot product is computed once, however many queries want it. The scan is
-/// bound by memory bandwidth (1.5 KB per case at 384 dimensions), so one pass instead of two
-/// halves Retrieve's cost when negatives are asked for. Runs on a blocking thread.
-fn scan(cases: &[CachedCase], queries: &[NearestQuery]) -> Vec<Vec<ScoredCase>> {
-    let Some(first) = queries.first() else {
-        return Vec::new();
-    };
-    let dims = first.embedding.len();
-    let mut hits: Vec<Vec<(f32, usize)>> = vec![Vec::new(); queries.len()];
-    for (i, cached) in cases.iter().enumerate() {
-        if cached.embedding.len() != dims {
-            continue;
-        }
-        let mut similarity_opt = None;
-        for (query, found) in queries.iter().zip(hits.iter_mut()) {
-            if !query.accepts(&cached.case) {
-                continue;
-            }
-            let similarity =
-                *similarity_opt.get_or_insert_with(|| dot(&cached.embedding, &first.embedding));
-            if f64::from(similarity) >= query.min_similarity {
-                found.push((similarity, i));
-            }
-        }
-    }
-    queries
-        .iter()
-        .zip(hits)
-        .map(|(query, hits)| top_k(cases, query.limit, hits))
-        .collect()
-}
-
-fn top_k(cases: &[CachedCase], limit: usize, mut hits: Vec<(f32, usize)>) -> Vec<ScoredCase> {
-    let by_similarity = |a: &(f32, usize), b: &(f32, usize)| {
-        b.0.total_cmp(&a.0)
-            .then_with(|| cases[a.1].case.id.cmp(&cases[b.1].case.id))
-    };
-    if hits.len() > limit && limit > 0 {
-        hits.select_nth_unstable_by(limit - 1, by_similarity);
-    }
-    hits.truncate(limit);
-    hits.sort_by(by_similarity);
-    hits.into_iter()
-        .map(|(similarity, i)| ScoredCase {
-            case: cases[i].case.clone(),
-            similarity: f64::from(similarity).clamp(-1.0, 1.0),
-        })
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl CaseStore for SqliteCaseStore {
     fn backend(&self) -> &'static str {
@@ -265,11 +210,7 @@ impl CaseStore for SqliteCaseStore {
         .execute(&self.pool)
         .await?;
         if result.rows_affected() == 1 {
-            let cached = CachedCase {
-                case: case.clone(),
-                embedding: embedding.to_vec(),
-            };
-            self.update_cached(&case.tenant, |cases| cases.push(cached))?;
+            self.update_cached(&case.tenant, |cases| cases.push(case.clone(), embedding))?;
             return Ok((case.clone(), true));
         }
         let (existing, _) = self
@@ -304,11 +245,7 @@ impl CaseStore for SqliteCaseStore {
             return Ok(None);
         };
         let updated = case.clone();
-        self.update_cached(tenant, |cases| {
-            if let Some(cached) = cases.iter_mut().find(|cached| cached.case.id == id) {
-                cached.case = updated;
-            }
-        })?;
+        self.update_cached(tenant, |cases| cases.replace(updated))?;
         Ok(Some(case))
     }
 
@@ -323,7 +260,7 @@ impl CaseStore for SqliteCaseStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        self.update_cached(tenant, |cases| cases.retain(|cached| cached.case.id != id))?;
+        self.update_cached(tenant, |cases| cases.remove(id))?;
         Ok(result.rows_affected() > 0)
     }
 
@@ -364,7 +301,7 @@ impl CaseStore for SqliteCaseStore {
         let queries = queries.to_vec();
         tokio::task::spawn_blocking(move || {
             let cases = cases.read().map_err(|_| poisoned())?;
-            Ok(scan(&cases, &queries))
+            Ok(cases.nearest_each(&queries))
         })
         .await
         .map_err(|e| StoreError::Internal(format!("search task failed: {e}")))?
