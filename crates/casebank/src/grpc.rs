@@ -192,7 +192,7 @@ pub fn proto_case(case: Case) -> pb::Case {
 
 fn proto_scored(scored: ScoredCase) -> pb::ScoredCase {
     pb::ScoredCase {
-        case: Some(proto_case(scored.case)),
+        case: Some(proto_case(std::sync::Arc::unwrap_or_clone(scored.case))),
         similarity: scored.similarity,
     }
 }

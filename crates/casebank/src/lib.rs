@@ -117,6 +117,7 @@ pub async fn serve(config: CasebankConfig, env: ServiceEnv) -> Result<(), Caseba
         &env.server,
         tollgate_proto::FILE_DESCRIPTOR_SET,
     )
+    .in_process(&env.in_process)
     .add_service(service)
     .serve(env.shutdown)
     .await?;

@@ -98,7 +98,8 @@ pub struct Case {
 /// A case with its similarity to a query, in [-1, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredCase {
-    pub case: Case,
+    /// Shared with the store's in-memory copy: an Estimate over 64 neighbours copies no text.
+    pub case: std::sync::Arc<Case>,
     pub similarity: f64,
 }
 

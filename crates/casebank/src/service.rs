@@ -304,7 +304,7 @@ mod tests {
 
     fn neighbour(tier: Tier, reward: Option<f64>, similarity: f64, cost: &str) -> ScoredCase {
         ScoredCase {
-            case: Case {
+            case: std::sync::Arc::new(Case {
                 id: format!("{tier:?}-{similarity}"),
                 tenant: "t".into(),
                 agent: String::new(),
@@ -322,7 +322,7 @@ mod tests {
                 created_at: Utc::now(),
                 embedder: "e".into(),
                 request_id: String::new(),
-            },
+            }),
             similarity,
         }
     }

@@ -80,6 +80,7 @@ async fn serve_with<S: UsageStore>(
         &env.server,
         tollgate_proto::FILE_DESCRIPTOR_SET,
     )
+    .in_process(&env.in_process)
     .add_service(api)
     .serve(env.shutdown)
     .await?;

@@ -497,6 +497,46 @@ async fn parallel_reservations_never_cross_the_hard_limit<S: UsageStore + Clone>
     Ok(())
 }
 
+/// Whether any budget applies is asked on every reservation (and cached where the store can):
+/// a budget set after a budget-free reservation is enforced at once, and one deleted stops
+/// holding at once.
+async fn budgets_apply_as_soon_as_they_are_set_or_deleted<S: UsageStore + Clone>(
+    store: &S,
+) -> TestResult {
+    let now = at(2026, 3, 15, 12, 0);
+    let held_id = |outcome: ReserveOutcome| match outcome {
+        ReserveOutcome::Held { reservation_id, .. } => reservation_id,
+        other => panic!("expected a hold, got {other:?}"),
+    };
+    let free = store
+        .reserve(&reservation("f1", "acme", "0.2", 300), now)
+        .await?;
+    assert_eq!(held_id(free), "", "no budget: nothing is held");
+    store.set_budget(&budget("acme", "1"), now).await?;
+    let held = store
+        .reserve(&reservation("f2", "acme", "0.2", 300), now)
+        .await?;
+    assert_eq!(held_id(held), "f2", "the new budget holds the estimate");
+    let other_tenant = store
+        .reserve(&reservation("f3", "zeta", "0.2", 300), now)
+        .await?;
+    assert_eq!(
+        held_id(other_tenant),
+        "",
+        "acme's budget does not apply to zeta"
+    );
+    assert!(
+        store
+            .delete_budget(&budget("acme", "1").scope, BudgetPeriod::Month)
+            .await?
+    );
+    let freed = store
+        .reserve(&reservation("f4", "acme", "0.2", 300), now)
+        .await?;
+    assert_eq!(held_id(freed), "", "a deleted budget holds nothing");
+    Ok(())
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -538,6 +578,7 @@ suite!(
     exports_return_every_field_in_time_order,
     csv_exports_match_the_generic_writer_byte_for_byte,
     budgets_reserve_settle_and_expire,
+    budgets_apply_as_soon_as_they_are_set_or_deleted,
     parallel_reservations_never_cross_the_hard_limit,
 );
 

@@ -197,6 +197,9 @@ pub struct PeersConfig {
     pub provider_adapter: String,
     /// Bound on establishing a connection to a peer.
     pub connect_timeout_ms: u64,
+    /// Services started in the same process call each other in process (the same gRPC stack,
+    /// no socket); `false` sends every call over loopback TCP as separate processes would.
+    pub in_process: bool,
 }
 
 impl Default for PeersConfig {
@@ -208,6 +211,7 @@ impl Default for PeersConfig {
             cost_tracker: "http://127.0.0.1:50054".into(),
             provider_adapter: "http://127.0.0.1:50055".into(),
             connect_timeout_ms: 1000,
+            in_process: true,
         }
     }
 }

@@ -7,6 +7,7 @@
 use tokio::net::TcpListener;
 
 use crate::config::{PeersConfig, ServerConfig, StorageConfig};
+use crate::grpc::InProcessPeers;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug)]
@@ -16,4 +17,8 @@ pub struct ServiceEnv {
     pub storage: StorageConfig,
     pub listener: TcpListener,
     pub shutdown: Shutdown,
+    /// The services of this process that can be called without a socket (disabled when the
+    /// process runs one service, or with `peers.in_process = false`). A service registers its
+    /// server there and reaches its peers through it.
+    pub in_process: InProcessPeers,
 }

@@ -66,6 +66,7 @@ pub async fn serve(
         &env.server,
         tollgate_proto::FILE_DESCRIPTOR_SET,
     )
+    .in_process(&env.in_process)
     .add_service(api)
     .serve(env.shutdown)
     .await?;

@@ -9,7 +9,12 @@
 //!   router's p50/p99 and the added latency (router minus the floor at the same percentile).
 //!   Latency is measured from each request's scheduled start, so a stall is not hidden by
 //!   requests that were never sent (no coordinated omission);
-//! - closed loop throughput at 32 concurrent requests.
+//! - closed loop throughput at 32 concurrent requests;
+//! - where the open loop's time went: the mean of each `tollgate_router_stage_seconds` stage,
+//!   read from the router's /metrics.
+//!
+//! `BENCH_IN_PROCESS=0` sends the services' calls to each other over loopback TCP instead of in
+//! process (`peers.in_process = false`).
 //!
 //! Run: `cargo bench --workspace --bench pipeline` (release) or add `--profile dev` for a
 //! quick debug-build figure; results go to BENCHMARKS.md.
@@ -61,6 +66,7 @@ async fn run() -> TestResult {
     // Generous budgets: the benchmark measures time, a timeout would hide it as "degraded".
     config.router.policy.casebank.timeout_ms = 1000;
     config.router.token_cache_timeout_ms = 1000;
+    config.peers.in_process = common::env_u64("BENCH_IN_PROCESS", 1) != 0;
     let (data_dir, key) = common::bench_tenant(&mut config, "pipeline-bench").await?;
     let gateway = TestGateway::start_with(config, Target::All).await?;
     let router = RouterClient::new(gateway.channel(Target::Router)?);
@@ -118,6 +124,9 @@ async fn run() -> TestResult {
     }
     while tasks.join_next().await.is_some() {}
     let achieved = total as f64 / start.elapsed().as_secs_f64();
+    let metrics_addr = gateway.service(Target::Router)?.metrics;
+    let (_, metrics_text) = tollgate_test_support::http_get(metrics_addr, "/metrics").await?;
+    let stages = stage_means(&metrics_text);
     let mut open = std::mem::take(&mut *latencies.lock().await);
     open.sort();
 
@@ -168,6 +177,16 @@ async fn run() -> TestResult {
         errors.load(std::sync::atomic::Ordering::Relaxed)
     );
     out += &format!("closed loop at {concurrency} in flight: {throughput:.0} requests/s\n");
+    out += &format!(
+        "router stages, mean over warm-up and open loop (in process: {}):\n",
+        config_in_process()
+    );
+    for (stage, count, mean_seconds) in stages {
+        out += &format!(
+            "  {stage:<10} n={count:<6} mean={:>8.0} µs\n",
+            mean_seconds * 1e6
+        );
+    }
     use std::io::Write as _;
     std::io::stdout().write_all(
         format!(
@@ -178,4 +197,36 @@ async fn run() -> TestResult {
     gateway.stop().await?;
     std::fs::remove_dir_all(data_dir)?;
     Ok(())
+}
+
+fn config_in_process() -> bool {
+    common::env_u64("BENCH_IN_PROCESS", 1) != 0
+}
+
+/// `(stage, count, mean seconds)` of each `tollgate_router_stage_seconds` stage in a
+/// Prometheus text exposition.
+fn stage_means(text: &str) -> Vec<(String, f64, f64)> {
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let stage = |line: &str| {
+        let start = line.find("stage=\"")? + "stage=\"".len();
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_owned())
+    };
+    let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for line in text.lines() {
+        let (Some(name), Some(stage), Some(value)) =
+            (line.split('{').next(), stage(line), value(line))
+        else {
+            continue;
+        };
+        match name {
+            "tollgate_router_stage_seconds_sum" => sums.entry(stage).or_default().0 += value,
+            "tollgate_router_stage_seconds_count" => sums.entry(stage).or_default().1 += value,
+            _ => {}
+        }
+    }
+    sums.into_iter()
+        .filter(|(_, (_, count))| *count > 0.0)
+        .map(|(stage, (sum, count))| (stage, count, sum / count))
+        .collect()
 }

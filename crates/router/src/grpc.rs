@@ -88,6 +88,7 @@ impl Router for RouterApi {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let started = std::time::Instant::now();
         let (metadata, _, request) = request.into_parts();
         let tenant = self.tenant(&metadata, &request.tenant).await?;
         let request = CompletionRequest::from_proto(request)?;
@@ -98,6 +99,7 @@ impl Router for RouterApi {
             .instrument(span.clone())
             .await?;
         record_genai(&span, &response);
+        crate::pipeline::stages::Stage::Handler.observe(started);
         Ok(Response::new(response))
     }
 

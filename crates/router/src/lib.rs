@@ -30,7 +30,7 @@ pub use error::RouterStartError;
 
 use tollgate_cost_outbox::{CostOutbox, OutboxConfig};
 use tollgate_kit::grpc::GrpcServer;
-use tollgate_kit::grpc::client::connect_lazy;
+use tollgate_kit::grpc::client::connect_peer;
 use tollgate_kit::service::ServiceEnv;
 use tollgate_proto::v1::case_bank_client::CaseBankClient;
 use tollgate_proto::v1::cost_tracker_client::CostTrackerClient;
@@ -82,7 +82,7 @@ fn warm_up(deps: &Dependencies, shutdown: &tollgate_kit::shutdown::Shutdown) {
 pub async fn serve(config: RouterConfig, env: ServiceEnv) -> Result<(), RouterStartError> {
     tracing::debug!(?config, "starting router");
     let connect_timeout = Duration::from_millis(env.peers.connect_timeout_ms);
-    let channel = |url: &str| connect_lazy(url, connect_timeout);
+    let channel = |url: &str| connect_peer(url, connect_timeout, &env.in_process);
     let provider_channel = channel(&env.peers.provider_adapter)?;
     let cost_channel = channel(&env.peers.cost_tracker)?;
     let outbox = CostOutbox::start(
@@ -146,6 +146,7 @@ pub async fn serve(config: RouterConfig, env: ServiceEnv) -> Result<(), RouterSt
         &env.server,
         tollgate_proto::FILE_DESCRIPTOR_SET,
     )
+    .in_process(&env.in_process)
     .add_service(service)
     .serve(env.shutdown)
     .await?;

@@ -55,6 +55,7 @@ pub async fn serve(config: TokenCacheConfig, env: ServiceEnv) -> Result<(), Toke
         &env.server,
         tollgate_proto::FILE_DESCRIPTOR_SET,
     )
+    .in_process(&env.in_process)
     .add_service(api)
     .serve(env.shutdown)
     .await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tollgate_kit::config::{ListenConfig, PeersConfig};
+use tollgate_kit::grpc::InProcessPeers;
 use tollgate_kit::metrics::Readiness;
 use tollgate_kit::service::ServiceEnv;
 use tollgate_kit::shutdown::Shutdown;
@@ -129,6 +130,11 @@ pub async fn start(
         });
     }
     let peers = peers_for(&config.peers, &services);
+    let in_process = if config.peers.in_process && services.len() > 1 {
+        InProcessPeers::enabled()
+    } else {
+        InProcessPeers::default()
+    };
 
     let mut grpc_tasks = JoinSet::new();
     let mut metrics_tasks = JoinSet::new();
@@ -140,6 +146,7 @@ pub async fn start(
             storage: config.storage.clone(),
             listener: grpc,
             shutdown: shutdown.clone(),
+            in_process: in_process.clone(),
         };
         grpc_tasks.spawn(run_service(service, config.clone(), env));
         let (handle, readiness, metrics_stop) =

@@ -185,7 +185,7 @@ impl PgCaseStore {
         for row in &rows {
             let similarity: f64 = row.try_get("similarity")?;
             scored.push(ScoredCase {
-                case: decode(row)?,
+                case: std::sync::Arc::new(decode(row)?),
                 similarity: similarity.clamp(-1.0, 1.0),
             });
         }
@@ -283,7 +283,7 @@ impl PgCaseStore {
                 .into_iter()
                 .filter_map(|(id, _, similarity)| {
                     by_id.get(id).map(|case| ScoredCase {
-                        case: case.clone(),
+                        case: std::sync::Arc::new(case.clone()),
                         similarity: *similarity,
                     })
                 })

@@ -34,6 +34,10 @@ const COLUMNS: &str = "tenant, id, agent, task, tier, model, plan_json, outcome,
 
 type SharedTenantCases = Arc<RwLock<TenantCases>>;
 
+/// Searches reading at most this many vector values (about 1,400 cases of 384 dimensions,
+/// ~100 µs) run on the async worker; larger ones go to the blocking pool.
+const INLINE_SCAN_VALUES: usize = 1 << 19;
+
 #[derive(Debug)]
 pub struct SqliteCaseStore {
     pool: SqlitePool,
@@ -298,6 +302,16 @@ impl CaseStore for SqliteCaseStore {
             return Ok(answers);
         }
         let cases = self.tenant_cases(&first.tenant).await?;
+        let scanned_values = {
+            let cases = cases.read().map_err(|_| poisoned())?;
+            cases.scan_values(&first.embedder, first.embedding.len())
+        };
+        // A small scan costs less than handing it to the blocking pool (a thread wake-up is
+        // 50-100 µs on a busy 2-core machine); only large tenants leave the async worker.
+        if scanned_values <= INLINE_SCAN_VALUES {
+            let cases = cases.read().map_err(|_| poisoned())?;
+            return Ok(cases.nearest_each(queries));
+        }
         let queries = queries.to_vec();
         tokio::task::spawn_blocking(move || {
             let cases = cases.read().map_err(|_| poisoned())?;

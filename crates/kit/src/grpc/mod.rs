@@ -2,12 +2,14 @@
 //! layers between them (request id, trace context, go-grpc-prometheus metrics).
 
 pub mod client;
+pub mod in_process;
 pub mod metrics_layer;
 pub mod request_id;
 pub mod server;
 pub mod trace_context;
 
-pub use client::{ClientError, connect_lazy};
+pub use client::{ClientError, connect_lazy, connect_peer};
+pub use in_process::InProcessPeers;
 pub use server::{GrpcServer, ServeError};
 
 /// Splits a gRPC request path `/tollgate.v1.Router/Complete` into service and method.

@@ -3,8 +3,11 @@
 //! go-grpc-prometheus metrics, a concurrency limit, timeouts, HTTP/2 keepalive, TCP_NODELAY and
 //! graceful shutdown.
 //!
+//! With [`GrpcServer::in_process`], the same stack is also callable by the other services of
+//! this process without a socket ([`super::in_process`]).
+//!
 //! Shutdown, in order: health turns NOT_SERVING; after `shutdown_delay` (load balancers notice)
-//! the listener closes; in-flight calls get `grace_period` to finish; then `serve` returns.
+//! the listener closes (and in-process callers are sent to the network, which now refuses); in-flight calls get `grace_period` to finish; then `serve` returns.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,8 +20,12 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use super::client::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+use super::in_process::{BoxError, InProcessPeers};
 
 use super::metrics_layer::GrpcMetricsLayer;
 use super::request_id::RequestIdLayer;
@@ -47,6 +54,7 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     health_reporter: HealthReporter,
+    in_process: InProcessPeers,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -78,7 +86,14 @@ impl GrpcServer {
             service_names: Vec::new(),
             descriptor_sets: vec![descriptor_set, tonic_health::pb::FILE_DESCRIPTOR_SET],
             health_reporter,
+            in_process: InProcessPeers::default(),
         }
+    }
+
+    /// Also serves the services of this process through `peers`, while the listener accepts.
+    pub fn in_process(mut self, peers: &InProcessPeers) -> Self {
+        self.in_process = peers.clone();
+        self
     }
 
     /// Adds a generated service (configured by the caller, e.g. with its message size limits).
@@ -118,6 +133,7 @@ impl GrpcServer {
             service_names,
             descriptor_sets,
             health_reporter,
+            in_process,
         } = self;
         let addr = listener.local_addr().map_err(|e| ServeError::Transport {
             server: name.clone(),
@@ -141,12 +157,32 @@ impl GrpcServer {
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let routes = routes.routes();
+        if in_process.is_enabled() {
+            let stack = ServiceBuilder::new()
+                .layer(layers.clone())
+                .service(routes.clone());
+            type InRequest = http::Request<tonic::body::Body>;
+            let stack = ServiceExt::<InRequest>::map_response(stack, |response| {
+                response.map(tonic::body::Body::new)
+            });
+            let stack = ServiceExt::<InRequest>::map_err(stack, |never: Infallible| -> BoxError {
+                match never {}
+            });
+            in_process.register(
+                addr,
+                BoxCloneSyncService::new(stack),
+                config.request_timeout(),
+            );
+        }
         let server = Server::builder()
             .timeout(config.request_timeout())
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)
-            .add_routes(routes.routes())
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
             });
@@ -160,7 +196,10 @@ impl GrpcServer {
             reason: e.to_string(),
         };
         tokio::select! {
-            result = &mut server => return result.map_err(transport_error),
+            result = &mut server => {
+                in_process.deregister(addr);
+                return result.map_err(transport_error);
+            }
             () = shutdown.triggered() => {}
         }
 
@@ -169,10 +208,14 @@ impl GrpcServer {
         if !delay.is_zero() {
             tracing::info!(server = %name, ?delay, "health is NOT_SERVING; still accepting during the shutdown delay");
             tokio::select! {
-                result = &mut server => return result.map_err(transport_error),
+                result = &mut server => {
+                    in_process.deregister(addr);
+                    return result.map_err(transport_error);
+                }
                 () = tokio::time::sleep(delay) => {}
             }
         }
+        in_process.deregister(addr);
         let _ = stop_tx.send(());
         match tokio::time::timeout(config.grace_period(), &mut server).await {
             Ok(result) => {

@@ -11,6 +11,7 @@ use crate::pipeline::cases::Served;
 use crate::pipeline::generate::{Answer, AnswerChecks, AttemptLog, ExampleSet};
 use crate::pipeline::idempotency::Admission;
 use crate::pipeline::routing::Routed;
+use crate::pipeline::stages::Stage;
 use crate::pipeline::{CompletionRequest, Pipeline, response};
 use crate::policy::Reason;
 
@@ -57,19 +58,25 @@ impl Pipeline {
     ) -> Result<pb::CompleteResponse, Status> {
         let started = Instant::now();
         let mut routed = self.route(tenant, request).await?;
+        Stage::Route.observe(started);
         self.check_max_cost(request, &routed)?;
+        let stage_started = Instant::now();
         let reservation = self.reserve(tenant, request, &mut routed).await?;
+        Stage::Reserve.observe(stage_started);
         if reservation.soft_limit_reached {
             self.reroute_for_soft_limit(&mut routed, request).await?;
         }
         let use_token_cache = routed.policy.switches.token_cache;
         let policy = std::sync::Arc::clone(&routed.policy);
+        let stage_started = Instant::now();
         let examples = self.examples(tenant, request, &mut routed).await;
+        Stage::Examples.observe(stage_started);
         let example_set = ExampleSet {
             examples: &examples,
             template: &policy.case_memory.template,
         };
         let mut log = AttemptLog::default();
+        let stage_started = Instant::now();
         let outcome = self
             .answer_with_cascade(
                 request,
@@ -80,14 +87,17 @@ impl Pipeline {
                 &mut log,
             )
             .await;
+        Stage::Generate.observe(stage_started);
         let cost = total_cost(&log.attempts);
         let context_hits = match &outcome {
             Ok(answer) => cache_hit_tokens(&answer.prompt.info),
             Err(_) => 0,
         };
+        let stage_started = Instant::now();
         self.record_attempts(tenant, request, &routed, &log.attempts, context_hits)
             .await;
         self.settle(&reservation, cost);
+        Stage::Record.observe(stage_started);
         let answer = outcome?;
         if let Some(degraded) = answer.prompt.degraded {
             routed.mark_degraded(degraded);
@@ -106,6 +116,7 @@ impl Pipeline {
         );
         let decision = response::decision(&routed, Some(&answer.model));
         response::count_decision(&decision);
+        Stage::Total.observe(started);
         Ok(pb::CompleteResponse {
             request_id: request.request_id.clone(),
             text: answer.response.text,

@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod request;
 pub mod response;
 pub mod routing;
+pub mod stages;
 pub mod stream;
 
 use std::sync::Arc;

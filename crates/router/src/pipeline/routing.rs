@@ -71,7 +71,10 @@ impl Pipeline {
             .classify(&request.task, request.conversation_depth);
         let mut degraded = Vec::new();
         let casebank = if policy.switches.casebank {
-            self.casebank_signal(&policy, tenant, request).await
+            let started = std::time::Instant::now();
+            let signal = self.casebank_signal(&policy, tenant, request).await;
+            crate::pipeline::stages::Stage::Casebank.observe(started);
+            signal
         } else {
             CasebankSignal::Off
         };

@@ -10,6 +10,8 @@
 //! Order inside a group is not meaningful (removal swaps the last case in); results are
 //! ordered by similarity, then id, exactly as before.
 
+use std::sync::Arc;
+
 use crate::embed::dot;
 use crate::model::{Case, NearestQuery, ScoredCase};
 
@@ -23,7 +25,7 @@ pub struct TenantCases {
 struct EmbedderGroup {
     embedder: String,
     dims: usize,
-    cases: Vec<Case>,
+    cases: Vec<Arc<Case>>,
     /// `cases.len() * dims` values, row by row.
     vectors: Vec<f32>,
 }
@@ -60,6 +62,12 @@ impl TenantCases {
             .find(|group| group.dims == dims && group.embedder == embedder)
     }
 
+    /// How many vector values a search with this embedder reads (its cost, roughly).
+    pub fn scan_values(&self, embedder: &str, dims: usize) -> usize {
+        self.group(embedder, dims)
+            .map_or(0, |group| group.vectors.len())
+    }
+
     /// Adds a case the database has just stored (its id is new for the tenant).
     pub fn push(&mut self, case: Case, embedding: &[f32]) {
         let dims = embedding.len();
@@ -81,14 +89,14 @@ impl TenantCases {
         };
         let group = &mut self.groups[index];
         group.vectors.extend_from_slice(embedding);
-        group.cases.push(case);
+        group.cases.push(Arc::new(case));
     }
 
     /// Replaces the stored fields of the case with `case.id` (its vector is unchanged).
     pub fn replace(&mut self, case: Case) {
         for group in &mut self.groups {
             if let Some(index) = group.position(&case.id) {
-                group.cases[index] = case;
+                group.cases[index] = Arc::new(case);
                 return;
             }
         }
@@ -136,7 +144,7 @@ impl TenantCases {
     }
 }
 
-fn top_k(cases: &[Case], limit: usize, mut hits: Vec<(f32, usize)>) -> Vec<ScoredCase> {
+fn top_k(cases: &[Arc<Case>], limit: usize, mut hits: Vec<(f32, usize)>) -> Vec<ScoredCase> {
     let by_similarity = |a: &(f32, usize), b: &(f32, usize)| {
         b.0.total_cmp(&a.0)
             .then_with(|| cases[a.1].id.cmp(&cases[b.1].id))
@@ -148,7 +156,7 @@ fn top_k(cases: &[Case], limit: usize, mut hits: Vec<(f32, usize)>) -> Vec<Score
     hits.sort_by(by_similarity);
     hits.into_iter()
         .map(|(similarity, index)| ScoredCase {
-            case: cases[index].clone(),
+            case: Arc::clone(&cases[index]),
             similarity: f64::from(similarity).clamp(-1.0, 1.0),
         })
         .collect()
