@@ -26,6 +26,9 @@ struct EmbedderGroup {
     embedder: String,
     dims: usize,
     cases: Vec<Arc<Case>>,
+    /// `cases[i].reward`, kept beside the vectors: the reward filter of every search reads it
+    /// for every case, and following each case's pointer instead costs a cache miss per case.
+    rewards: Vec<Option<f64>>,
     /// `cases.len() * dims` values, row by row.
     vectors: Vec<f32>,
 }
@@ -47,6 +50,7 @@ impl EmbedderGroup {
         }
         self.vectors.truncate(last * self.dims);
         self.cases.swap_remove(index);
+        self.rewards.swap_remove(index);
     }
 }
 
@@ -82,6 +86,7 @@ impl TenantCases {
                     embedder: case.embedder.clone(),
                     dims,
                     cases: Vec::new(),
+                    rewards: Vec::new(),
                     vectors: Vec::new(),
                 });
                 self.groups.len() - 1
@@ -89,6 +94,7 @@ impl TenantCases {
         };
         let group = &mut self.groups[index];
         group.vectors.extend_from_slice(embedding);
+        group.rewards.push(case.reward);
         group.cases.push(Arc::new(case));
     }
 
@@ -96,6 +102,7 @@ impl TenantCases {
     pub fn replace(&mut self, case: Case) {
         for group in &mut self.groups {
             if let Some(index) = group.position(&case.id) {
+                group.rewards[index] = case.reward;
                 group.cases[index] = Arc::new(case);
                 return;
             }
@@ -123,10 +130,14 @@ impl TenantCases {
             return vec![Vec::new(); queries.len()];
         };
         let mut hits: Vec<Vec<(f32, usize)>> = vec![Vec::new(); queries.len()];
-        for (index, case) in group.cases.iter().enumerate() {
+        for (index, reward) in group.rewards.iter().enumerate() {
             let mut similarity_opt = None;
             for (query, found) in queries.iter().zip(hits.iter_mut()) {
-                if !query.accepts_metadata(case) {
+                if !query.reward.accepts(*reward) {
+                    continue;
+                }
+                let other_filters = query.agent_opt.is_some() || !query.tags.is_empty();
+                if other_filters && !query.accepts_metadata(&group.cases[index]) {
                     continue;
                 }
                 let similarity =
