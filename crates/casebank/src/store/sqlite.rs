@@ -4,7 +4,6 @@
 //! one lock), so a search is a scan of dot products over contiguous vectors ([`memory`]), never
 //! a read of BLOBs from disk. Exact search stays within a few milliseconds up to about 50k cases.
 
-mod codes;
 mod memory;
 
 use std::collections::HashMap;

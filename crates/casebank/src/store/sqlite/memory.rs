@@ -7,17 +7,11 @@
 //! in the router's pipeline benchmark, where the per-case layout and checks made the scan a
 //! fifth of all CPU time (BENCHMARKS.md, "Router").
 //!
-//! A search first reads 8-bit codes of the vectors ([`super::codes`]) and ranks by the exact
-//! f32 dot product only the cases whose bounds let them be among the best: the same answer as
-//! a full f32 scan, for a quarter of the memory traffic.
-//!
 //! Order inside a group is not meaningful (removal swaps the last case in); results are
 //! ordered by similarity, then id, exactly as before.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::codes::{Codes, QueryCodes};
 use crate::embed::dot;
 use crate::model::{Case, NearestQuery, ScoredCase};
 
@@ -37,8 +31,6 @@ struct EmbedderGroup {
     rewards: Vec<Option<f64>>,
     /// `cases.len() * dims` values, row by row.
     vectors: Vec<f32>,
-    /// The same rows as 8-bit codes, for the first pass of a search.
-    codes: Codes,
 }
 
 impl EmbedderGroup {
@@ -59,7 +51,6 @@ impl EmbedderGroup {
         self.vectors.truncate(last * self.dims);
         self.cases.swap_remove(index);
         self.rewards.swap_remove(index);
-        self.codes.swap_remove(index);
     }
 }
 
@@ -97,14 +88,12 @@ impl TenantCases {
                     cases: Vec::new(),
                     rewards: Vec::new(),
                     vectors: Vec::new(),
-                    codes: Codes::new(dims),
                 });
                 self.groups.len() - 1
             }
         };
         let group = &mut self.groups[index];
         group.vectors.extend_from_slice(embedding);
-        group.codes.push(embedding);
         group.rewards.push(case.reward);
         group.cases.push(Arc::new(case));
     }
@@ -131,8 +120,8 @@ impl TenantCases {
     }
 
     /// Exact k-nearest for each of `queries`, which share one embedding (Retrieve's positives
-    /// and negatives): each bound and each dot product is computed once however many queries
-    /// want it, and only for cases that some query's metadata filters accept.
+    /// and negatives): each dot product is computed once however many queries want it, and
+    /// only for cases that some query's metadata filters accept.
     pub fn nearest_each(&self, queries: &[NearestQuery]) -> Vec<Vec<ScoredCase>> {
         let Some(first) = queries.first() else {
             return Vec::new();
@@ -140,92 +129,30 @@ impl TenantCases {
         let Some(group) = self.group(&first.embedder, first.embedding.len()) else {
             return vec![Vec::new(); queries.len()];
         };
-        // First pass, over the codes: per query, `(upper, lower, index)` of every case whose
-        // upper bound reaches the query's similarity floor.
-        let query_codes = QueryCodes::new(&first.embedding);
-        let mut bounded: Vec<Vec<(f32, f32, usize)>> = vec![Vec::new(); queries.len()];
+        let mut hits: Vec<Vec<(f32, usize)>> = vec![Vec::new(); queries.len()];
         for (index, reward) in group.rewards.iter().enumerate() {
-            let mut estimate_opt = None;
-            for (query, found) in queries.iter().zip(bounded.iter_mut()) {
-                if !accepts(query, *reward, group, index) {
+            let mut similarity_opt = None;
+            for (query, found) in queries.iter().zip(hits.iter_mut()) {
+                if !query.reward.accepts(*reward) {
                     continue;
                 }
-                let (estimate, bound) =
-                    *estimate_opt.get_or_insert_with(|| group.codes.estimate(index, &query_codes));
-                let upper = estimate + bound;
-                if f64::from(upper) >= query.min_similarity {
-                    found.push((upper, estimate - bound, index));
+                let other_filters = query.agent_opt.is_some() || !query.tags.is_empty();
+                if other_filters && !query.accepts_metadata(&group.cases[index]) {
+                    continue;
+                }
+                let similarity =
+                    *similarity_opt.get_or_insert_with(|| dot(group.row(index), &first.embedding));
+                if f64::from(similarity) >= query.min_similarity {
+                    found.push((similarity, index));
                 }
             }
         }
-        // Second pass: the exact similarity of each case that can still be among a query's
-        // `limit` best (its upper bound reaches the limit-th best lower bound).
-        let mut exact: HashMap<usize, f32> = HashMap::new();
         queries
             .iter()
-            .zip(bounded)
-            .map(|(query, candidates)| {
-                let floor = kth_largest_lower(&candidates, query.limit);
-                let hits = candidates
-                    .into_iter()
-                    .filter(|(upper, _, _)| *upper >= floor)
-                    .filter_map(|(_, _, index)| {
-                        let similarity = *exact
-                            .entry(index)
-                            .or_insert_with(|| dot(group.row(index), &first.embedding));
-                        (f64::from(similarity) >= query.min_similarity)
-                            .then_some((similarity, index))
-                    })
-                    .collect();
-                top_k(&group.cases, query.limit, hits)
-            })
+            .zip(hits)
+            .map(|(query, hits)| top_k(&group.cases, query.limit, hits))
             .collect()
     }
-
-    /// The full f32 scan that [`TenantCases::nearest_each`] must always agree with.
-    #[cfg(test)]
-    fn nearest_each_full_scan(&self, queries: &[NearestQuery]) -> Vec<Vec<ScoredCase>> {
-        let Some(first) = queries.first() else {
-            return Vec::new();
-        };
-        let Some(group) = self.group(&first.embedder, first.embedding.len()) else {
-            return vec![Vec::new(); queries.len()];
-        };
-        queries
-            .iter()
-            .map(|query| {
-                let hits = (0..group.cases.len())
-                    .filter(|index| accepts(query, group.rewards[*index], group, *index))
-                    .map(|index| (dot(group.row(index), &first.embedding), index))
-                    .filter(|(similarity, _)| f64::from(*similarity) >= query.min_similarity)
-                    .collect();
-                top_k(&group.cases, query.limit, hits)
-            })
-            .collect()
-    }
-}
-
-/// The query's filters: the reward from the compact column, the rest (rare) from the case.
-fn accepts(query: &NearestQuery, reward: Option<f64>, group: &EmbedderGroup, index: usize) -> bool {
-    if !query.reward.accepts(reward) {
-        return false;
-    }
-    let other_filters = query.agent_opt.is_some() || !query.tags.is_empty();
-    !other_filters || query.accepts_metadata(&group.cases[index])
-}
-
-/// The `limit`-th largest lower bound; any case whose upper bound is below it has `limit`
-/// cases strictly more similar. Minus infinity when there are no more than `limit` candidates.
-fn kth_largest_lower(candidates: &[(f32, f32, usize)], limit: usize) -> f32 {
-    if limit == 0 {
-        return f32::INFINITY;
-    }
-    if candidates.len() <= limit {
-        return f32::NEG_INFINITY;
-    }
-    let mut lowers: Vec<f32> = candidates.iter().map(|(_, lower, _)| *lower).collect();
-    let (_, kth, _) = lowers.select_nth_unstable_by(limit - 1, |a, b| b.total_cmp(a));
-    *kth
 }
 
 fn top_k(cases: &[Arc<Case>], limit: usize, mut hits: Vec<(f32, usize)>) -> Vec<ScoredCase> {
@@ -284,58 +211,6 @@ mod tests {
 
     fn ids(found: &[ScoredCase]) -> Vec<&str> {
         found.iter().map(|scored| scored.case.id.as_str()).collect()
-    }
-
-    proptest::proptest! {
-        /// The coded first pass never changes an answer: same cases, same order, same
-        /// similarities as the full f32 scan, across filters, floors, limits and ties.
-        #[test]
-        fn coded_search_equals_the_full_scan(
-            dims in 1usize..48,
-            rows in proptest::collection::vec(
-                (proptest::collection::vec(-1.0f32..1.0, 48), 0u8..4, proptest::option::of(0.0f64..1.0)),
-                0..120,
-            ),
-            query_seed in proptest::collection::vec(-1.0f32..1.0, 48),
-            limit in 0usize..12,
-            min_similarity in -1.0f64..1.0,
-            agent_filter in proptest::bool::ANY,
-        ) {
-            let mut cases = TenantCases::default();
-            for (n, (values, kind, reward)) in rows.iter().enumerate() {
-                let mut vector = values[..dims].to_vec();
-                // Every fourth row repeats an earlier vector: exact ties between cases.
-                if *kind == 3 && n > 0 {
-                    vector = rows[n / 2].0[..dims].to_vec();
-                }
-                crate::embed::normalise(&mut vector);
-                let mut stored = case(&format!("c{n}"), "e");
-                stored.reward = *reward;
-                stored.agent = if *kind == 0 { "a".into() } else { String::new() };
-                cases.push(stored, &vector);
-            }
-            let mut embedding = query_seed[..dims].to_vec();
-            crate::embed::normalise(&mut embedding);
-            let mut positives = query("e", embedding, limit);
-            positives.min_similarity = min_similarity;
-            positives.reward = RewardFilter::AtLeast(0.5);
-            if agent_filter {
-                positives.agent_opt = Some("a".into());
-            }
-            let negatives = NearestQuery {
-                reward: RewardFilter::Below(0.5),
-                ..positives.clone()
-            };
-            let any = NearestQuery {
-                reward: RewardFilter::Any,
-                ..positives.clone()
-            };
-            let queries = [positives, negatives, any];
-            proptest::prop_assert_eq!(
-                cases.nearest_each(&queries),
-                cases.nearest_each_full_scan(&queries)
-            );
-        }
     }
 
     #[test]
