@@ -7,7 +7,8 @@
 //! this process without a socket ([`super::in_process`]).
 //!
 //! Shutdown, in order: health turns NOT_SERVING; after `shutdown_delay` (load balancers notice)
-//! the listener closes (and in-process callers are sent to the network, which now refuses); in-flight calls get `grace_period` to finish; then `serve` returns.
+//! the listener closes (and in-process callers are sent to the network, which now refuses);
+//! in-flight calls get `grace_period` to finish; then `serve` returns.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
