@@ -302,15 +302,13 @@ impl CaseStore for SqliteCaseStore {
             return Ok(answers);
         }
         let cases = self.tenant_cases(&first.tenant).await?;
-        let scanned_values = {
-            let cases = cases.read().map_err(|_| poisoned())?;
-            cases.scan_values(&first.embedder, first.embedding.len())
-        };
-        // A small scan costs less than handing it to the blocking pool (a thread wake-up is
-        // 50-100 µs on a busy 2-core machine); only large tenants leave the async worker.
-        if scanned_values <= INLINE_SCAN_VALUES {
-            let cases = cases.read().map_err(|_| poisoned())?;
-            return Ok(cases.nearest_each(queries));
+        {
+            // A small scan costs less than handing it to the blocking pool (a thread wake-up is
+            // 50-100 µs on a busy 2-core machine); only large tenants leave the async worker.
+            let loaded = cases.read().map_err(|_| poisoned())?;
+            if loaded.scan_values(&first.embedder, first.embedding.len()) <= INLINE_SCAN_VALUES {
+                return Ok(loaded.nearest_each(queries));
+            }
         }
         let queries = queries.to_vec();
         tokio::task::spawn_blocking(move || {
