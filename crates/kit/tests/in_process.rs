@@ -67,49 +67,40 @@ async fn a_registered_peer_answers_without_a_socket_until_it_leaves() -> TestRes
     Ok(())
 }
 
+/// The code of a Check on a Health registered at a closed port that answers after 3 s, with
+/// `request_timeout` as the server's limit and `caller_timeout_opt` as the caller's deadline.
+async fn slow_check_code(
+    peers: &InProcessPeers,
+    request_timeout: Duration,
+    caller_timeout_opt: Option<Duration>,
+) -> Result<Option<tonic::Code>, Box<dyn std::error::Error>> {
+    let addr = closed_port().await?;
+    peers.register(addr, slow_health(Duration::from_secs(3)), request_timeout);
+    let channel = connect_peer(&format!("http://{addr}"), Duration::from_millis(200), peers)?;
+    let mut call = tonic::Request::new(HealthCheckRequest::default());
+    if let Some(timeout) = caller_timeout_opt {
+        call.set_timeout(timeout);
+    }
+    let result = HealthClient::new(channel).check(call).await;
+    Ok(result.map_err(|status| status.code()).err())
+}
+
 #[tokio::test]
 async fn the_callers_deadline_and_the_servers_limit_hold_in_process() -> TestResult {
-    let addr = closed_port().await?;
     let peers = InProcessPeers::enabled();
-    peers.register(
-        addr,
-        slow_health(Duration::from_secs(3)),
-        Duration::from_secs(30),
-    );
-    let channel = connect_peer(
-        &format!("http://{addr}"),
-        Duration::from_millis(200),
-        &peers,
-    )?;
-    let mut call = tonic::Request::new(HealthCheckRequest::default());
-    call.set_timeout(Duration::from_millis(50));
     let started = std::time::Instant::now();
-    let result = HealthClient::new(channel.clone()).check(call).await;
-    assert_eq!(
-        result.map_err(|status| status.code()).err(),
-        Some(tonic::Code::DeadlineExceeded)
-    );
+    let code = slow_check_code(
+        &peers,
+        Duration::from_secs(30),
+        Some(Duration::from_millis(50)),
+    )
+    .await?;
+    assert_eq!(code, Some(tonic::Code::DeadlineExceeded));
     assert!(started.elapsed() < Duration::from_secs(1));
 
     // No deadline from the caller: the server's own request timeout bounds the call.
-    let other = closed_port().await?;
-    peers.register(
-        other,
-        slow_health(Duration::from_secs(3)),
-        Duration::from_millis(50),
-    );
-    let channel = connect_peer(
-        &format!("http://{other}"),
-        Duration::from_millis(200),
-        &peers,
-    )?;
-    let result = HealthClient::new(channel)
-        .check(HealthCheckRequest::default())
-        .await;
-    assert_eq!(
-        result.map_err(|status| status.code()).err(),
-        Some(tonic::Code::DeadlineExceeded)
-    );
+    let code = slow_check_code(&peers, Duration::from_millis(50), None).await?;
+    assert_eq!(code, Some(tonic::Code::DeadlineExceeded));
     Ok(())
 }
 

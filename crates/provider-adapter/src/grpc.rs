@@ -16,10 +16,10 @@ use crate::catalog::{ModelEntry, Prices, Tier};
 use crate::error::AdapterError;
 use crate::providers::{ChatMessage, ChatRequest, FinishReason, ImageSource, Part, Role, Usage};
 use crate::resilience::breaker::CircuitState;
-use crate::resilience::retry::parse_grpc_timeout;
 use crate::service::{
     AdapterService, AttemptRecord, AttemptStatus, GenerateInput, StreamEnd, StreamItem, unix_time,
 };
+use tollgate_kit::grpc::deadline::parse_grpc_timeout;
 
 const IMAGE_MIME_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/webp", "image/gif"];
 

@@ -66,7 +66,8 @@ async fn run() -> TestResult {
     // Generous budgets: the benchmark measures time, a timeout would hide it as "degraded".
     config.router.policy.casebank.timeout_ms = 1000;
     config.router.token_cache_timeout_ms = 1000;
-    config.peers.in_process = common::env_u64("BENCH_IN_PROCESS", 1) != 0;
+    let in_process = common::env_u64("BENCH_IN_PROCESS", 1) != 0;
+    config.peers.in_process = in_process;
     let (data_dir, key) = common::bench_tenant(&mut config, "pipeline-bench").await?;
     let gateway = TestGateway::start_with(config, Target::All).await?;
     let router = RouterClient::new(gateway.channel(Target::Router)?);
@@ -177,10 +178,7 @@ async fn run() -> TestResult {
         errors.load(std::sync::atomic::Ordering::Relaxed)
     );
     out += &format!("closed loop at {concurrency} in flight: {throughput:.0} requests/s\n");
-    out += &format!(
-        "router stages, mean over warm-up and open loop (in process: {}):\n",
-        config_in_process()
-    );
+    out += &format!("router stages, mean over warm-up and open loop (in process: {in_process}):\n");
     for (stage, count, mean_seconds) in stages {
         out += &format!(
             "  {stage:<10} n={count:<6} mean={:>8.0} µs\n",
@@ -197,10 +195,6 @@ async fn run() -> TestResult {
     gateway.stop().await?;
     std::fs::remove_dir_all(data_dir)?;
     Ok(())
-}
-
-fn config_in_process() -> bool {
-    common::env_u64("BENCH_IN_PROCESS", 1) != 0
 }
 
 /// `(stage, count, mean seconds)` of each `tollgate_router_stage_seconds` stage in a

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tollgate_kit::config::{ListenConfig, PeersConfig};
 use tollgate_kit::grpc::InProcessPeers;
+use tollgate_kit::grpc::in_process::loopback_if_unspecified;
 use tollgate_kit::metrics::Readiness;
 use tollgate_kit::service::ServiceEnv;
 use tollgate_kit::shutdown::Shutdown;
@@ -230,20 +231,6 @@ fn peers_for(configured: &PeersConfig, local: &[BoundService]) -> PeersConfig {
         }
     }
     peers
-}
-
-/// A server bound to 0.0.0.0 is reached from this process over loopback.
-fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        let loopback = if addr.is_ipv4() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
-        };
-        SocketAddr::new(loopback, addr.port())
-    } else {
-        addr
-    }
 }
 
 async fn bind(target: Target, addr: SocketAddr) -> Result<TcpListener, StartError> {

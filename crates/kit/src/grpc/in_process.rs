@@ -30,6 +30,8 @@ use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
+use super::deadline::parse_grpc_timeout;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A server's whole stack (layers and routes), callable without a connection.
@@ -88,7 +90,7 @@ impl InProcessPeers {
                 service,
                 request_timeout,
             };
-            map.insert(normalise(addr), registered);
+            map.insert(loopback_if_unspecified(addr), registered);
         }
     }
 
@@ -96,7 +98,7 @@ impl InProcessPeers {
     /// there as they would from another process).
     pub fn deregister(&self, addr: SocketAddr) {
         if let Some(mut map) = self.registry.as_ref().and_then(|r| r.write().ok()) {
-            map.remove(&normalise(addr));
+            map.remove(&loopback_if_unspecified(addr));
         }
     }
 
@@ -106,8 +108,8 @@ impl InProcessPeers {
     }
 }
 
-/// A server bound to 0.0.0.0 is the one a client of this process reaches on loopback.
-fn normalise(addr: SocketAddr) -> SocketAddr {
+/// A server bound to 0.0.0.0 (or ::) is the one a client of this process reaches on loopback.
+pub fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         let loopback = match addr {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -150,7 +152,9 @@ impl std::fmt::Debug for PeerChannel {
 impl PeerChannel {
     pub fn new(remote: Channel, url: &str, peers: &InProcessPeers) -> Self {
         let in_process = match literal_addr(url) {
-            Some(addr) if peers.is_enabled() => Some((peers.clone(), normalise(addr))),
+            Some(addr) if peers.is_enabled() => {
+                Some((peers.clone(), loopback_if_unspecified(addr)))
+            }
             _ => None,
         };
         Self {
@@ -213,41 +217,9 @@ async fn call_in_process(
     }
 }
 
-/// A `grpc-timeout` header value: at most 8 digits and a unit (gRPC over HTTP/2 spec).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_per_the_spec() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(
-            parse_grpc_timeout("1500u"),
-            Some(Duration::from_micros(1500))
-        );
-        assert_eq!(parse_grpc_timeout("m"), None);
-        assert_eq!(parse_grpc_timeout("123456789m"), None, "at most 8 digits");
-        assert_eq!(parse_grpc_timeout("10x"), None);
-    }
 
     #[test]
     fn only_literal_loopback_style_urls_can_be_in_process() {
@@ -262,6 +234,6 @@ mod tests {
     #[test]
     fn unspecified_addresses_are_reached_on_loopback() {
         let any: SocketAddr = "0.0.0.0:50053".parse().unwrap();
-        assert_eq!(normalise(any).to_string(), "127.0.0.1:50053");
+        assert_eq!(loopback_if_unspecified(any).to_string(), "127.0.0.1:50053");
     }
 }

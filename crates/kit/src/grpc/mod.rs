@@ -2,6 +2,7 @@
 //! layers between them (request id, trace context, go-grpc-prometheus metrics).
 
 pub mod client;
+pub mod deadline;
 pub mod in_process;
 pub mod metrics_layer;
 pub mod request_id;
