@@ -34,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // An RPC a service has not implemented yet answers UNIMPLEMENTED instead of failing to
         // compile, so that contracts can grow additively ahead of their implementations.
         .generate_default_stubs(true)
+        // Same wire format as tonic-prost's codec, cheaper buffers for large messages (codec.rs).
+        .codec_path("crate::codec::ProtoCodec")
         .compile_fds(compiler.file_descriptor_set())?;
 
     for proto in PROTOS {

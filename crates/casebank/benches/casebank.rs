@@ -10,7 +10,9 @@
 //!   eval "$(scripts/services.sh env)"
 //!   CARGO_TARGET_DIR=... cargo test --workspace -p tollgate-casebank --bench casebank
 //! Environment: CASEBANK_BENCH_SIZES (default "10000,100000"), CASEBANK_BENCH_QUERIES (500),
-//! CASEBANK_BENCH_DATA (default /work/shared/routing-eval).
+//! CASEBANK_BENCH_DATA (default /work/shared/routing-eval), CASEBANK_BENCH_KEEP (set: keep the
+//! Postgres database and print its URL), CASEBANK_BENCH_REUSE (the URL of a kept database: query
+//! it as it is, without inserting; with CASEBANK_BENCH_SIZES set to the size it holds).
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
@@ -237,11 +239,21 @@ async fn main() {
         std::env::temp_dir().join(format!("casebank-bench-{}.sqlite", std::process::id()));
     let sqlite: Arc<dyn CaseStore> =
         Arc::new(SqliteCaseStore::open(&sqlite_path).await.expect("sqlite"));
-    let database = TestDatabase::create()
-        .await
-        .expect("DATABASE_URL must be set");
+    // A database kept by an earlier run (CASEBANK_BENCH_KEEP) is reused as it is: its Postgres
+    // inserts, the slow part, are skipped, so the query phases can be repeated on a quiet machine.
+    let (database_opt, database_url) = match std::env::var("CASEBANK_BENCH_REUSE") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let database = TestDatabase::create()
+                .await
+                .expect("DATABASE_URL must be set");
+            let url = database.url.clone();
+            (Some(database), url)
+        }
+    };
+    let reused = database_opt.is_none();
     let pg_store = Arc::new(
-        PgCaseStore::connect(&database.url, &PgOptions::default())
+        PgCaseStore::connect(&database_url, &PgOptions::default())
             .await
             .expect("postgres"),
     );
@@ -254,10 +266,14 @@ async fn main() {
     for size in sizes {
         let rate = fill(sqlite.clone(), &embedder, &prompts, filled, size, 1).await;
         println!("sqlite insert {filled}..{size}: {rate:.0} cases/s (1 writer)");
-        let rate = fill(postgres.clone(), &embedder, &prompts, filled, size, 4).await;
-        println!(
-            "postgres insert {filled}..{size}: {rate:.0} cases/s (4 writers, HNSW maintained)"
-        );
+        if reused {
+            println!("postgres: reusing {database_url} as it is (no inserts)");
+        } else {
+            let rate = fill(postgres.clone(), &embedder, &prompts, filled, size, 4).await;
+            println!(
+                "postgres insert {filled}..{size}: {rate:.0} cases/s (4 writers, HNSW maintained)"
+            );
+        }
         filled = size;
         // Warm up: loads the SQLite copy, fills Postgres caches.
         let _ = retrieve_latency(&sqlite_service, &queries[..10]).await;
@@ -277,7 +293,7 @@ async fn main() {
                 ef_search,
                 ..PgOptions::default()
             };
-            let store = PgCaseStore::connect_lazy(&database.url, &options).expect("postgres");
+            let store = PgCaseStore::connect_lazy(&database_url, &options).expect("postgres");
             let r = recall(&store, sqlite.as_ref(), &embedder, &queries).await;
             let mut samples = Vec::with_capacity(queries.len());
             for text in &queries {
@@ -294,7 +310,13 @@ async fn main() {
         }
     }
     pg_store.pool().close().await;
-    database.drop_database().await.expect("drop database");
+    if let Some(database) = database_opt {
+        if std::env::var_os("CASEBANK_BENCH_KEEP").is_some() {
+            println!("kept the Postgres database: {}", database.url);
+        } else {
+            database.drop_database().await.expect("drop database");
+        }
+    }
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", sqlite_path.display()));
     }

@@ -68,7 +68,7 @@ pub struct PostgresConfig {
     pub max_connections: u32,
     /// Bound on getting a connection (including connecting): how fast an outage shows.
     pub acquire_timeout_ms: u64,
-    /// pgvector `hnsw.ef_search`: candidates per search; 200 gives recall@4 >= 0.95 on the benchmark (BENCHMARKS.md).
+    /// pgvector `hnsw.ef_search`: candidates per search; 100 gives recall@4 >= 0.95 at 100k cases on the benchmark (BENCHMARKS.md).
     pub hnsw_ef_search: u32,
 }
 
@@ -77,7 +77,7 @@ impl Default for PostgresConfig {
         Self {
             max_connections: 16,
             acquire_timeout_ms: 250,
-            hnsw_ef_search: 200,
+            hnsw_ef_search: 100,
         }
     }
 }

@@ -7,6 +7,8 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod codec;
+
 /// Package `tollgate.v1`: messages, enums, a client and a server module per service.
 pub mod v1 {
     tonic::include_proto!("tollgate.v1");

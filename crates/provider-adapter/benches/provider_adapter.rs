@@ -5,7 +5,9 @@
 //! the adapter over gRPC (client → adapter → upstream). Reported: p50/p99 of both and their
 //! difference, at 1 and 64 concurrent requests, for unary calls and for the time to the first
 //! streamed chunk. A trivial RPC (EstimateCost) over the same gRPC hop gives the floor that
-//! the hop alone costs.
+//! the hop alone costs, and `scripts/loopback_rtt.py` the floor under that (a bare TCP round
+//! trip). Caller, adapter and upstream run on separate runtimes, as separate processes would
+//! (see `main`).
 //!
 //! Run: `cargo bench --workspace --bench provider_adapter --profile dev` (the workspace is
 //! built in debug with dependencies at opt-level 1; see BENCHMARKS.md). `BENCH_REQUESTS`
@@ -144,18 +146,41 @@ where
     Ok(all)
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> TestResult {
-    let total: usize = std::env::var("BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let upstream = FakeUpstream::start(FakeKind::OpenAi).await?;
+/// The fake upstream, the adapter and the caller each get their own runtime, as three processes
+/// would: on one shared runtime the caller's and the upstream's tasks compete with the adapter's
+/// for its worker threads and wake each other across them, which no deployment does. The adapter
+/// runs as `tollgate serve` does (a multi-thread runtime, one worker per core); the upstream on
+/// one worker; the caller on the benchmark's own thread.
+fn main() -> TestResult {
+    let upstream_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fake-upstream")
+        .enable_all()
+        .build()?;
+    let adapter_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("adapter")
+        .enable_all()
+        .build()?;
+    let caller_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let upstream = upstream_runtime.block_on(FakeUpstream::start(FakeKind::OpenAi))?;
+    let gateway = adapter_runtime.block_on(start_adapter(&upstream.base_url()))?;
+    let result = caller_runtime.block_on(measure(&gateway, &upstream.base_url()));
+    adapter_runtime.block_on(gateway.stop())?;
+    drop(upstream);
+    let out = result?;
+    use std::io::Write;
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+async fn start_adapter(upstream_url: &str) -> TestResult<TestGateway> {
     let adapter = ProviderAdapterConfig {
         providers: vec![ProviderConfig::new(
             "fake",
             ProviderKind::Openai,
-            &upstream.base_url(),
+            upstream_url,
         )],
         models: vec![ModelConfig {
             id: "fake-model".into(),
@@ -175,17 +200,25 @@ async fn main() -> TestResult {
         groups: Vec::new(),
         ..ProviderAdapterConfig::default()
     };
-    let gateway = TestGateway::start_with(
+    TestGateway::start_with(
         Config {
             provider_adapter: adapter,
             ..Config::default()
         },
         ServiceTarget::ProviderAdapter,
     )
-    .await?;
+    .await
+}
+
+/// Both paths, from the caller's runtime; returns the report.
+async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String> {
+    let total: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let channel = gateway.channel(ServiceTarget::ProviderAdapter)?;
     let http = tollgate_provider_adapter::providers::http_client(Duration::from_secs(2))?;
-    let url = format!("{}/chat/completions", upstream.base_url());
+    let url = format!("{upstream_url}/chat/completions");
 
     let mut out = String::new();
     out.push_str("| mode | concurrency | direct p50 | direct p99 | via adapter p50 | via adapter p99 | added p50 | added p99 |\n|---|---|---|---|---|---|---|---|\n");
@@ -277,7 +310,5 @@ async fn main() -> TestResult {
             percentile(&floor, 99.0).as_secs_f64() * 1e3,
         ));
     }
-    use std::io::Write;
-    std::io::stdout().write_all(out.as_bytes())?;
-    gateway.stop().await
+    Ok(out)
 }

@@ -138,15 +138,39 @@ struct Row {
     l2: Samples,
 }
 
+/// The in-process rows run on `runtime`, as the service does inside `tollgate serve`. For the
+/// gRPC rows the service gets a runtime of its own (`server`) and the calls come from `runtime`,
+/// as from another process: on one shared runtime caller and server would compete for the same
+/// two worker threads and wake each other across them, which no deployment does.
 fn main() -> BenchResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run())
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("token-cache-server")
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(server.handle().clone()))
 }
 
-async fn run() -> BenchResult {
+/// Starts a token-cache service on the `server` runtime.
+async fn start_service(
+    server: &tokio::runtime::Handle,
+    config: &Config,
+) -> BenchResult<TestGateway> {
+    let config = config.clone();
+    server
+        .spawn(async move { TestGateway::start_with(config, ServiceTarget::TokenCache).await })
+        .await?
+}
+
+async fn stop_service(server: &tokio::runtime::Handle, gateway: TestGateway) -> BenchResult {
+    server.spawn(gateway.stop()).await?
+}
+
+async fn run(server: tokio::runtime::Handle) -> BenchResult {
     let redis_url = std::env::var("REDIS_URL")
         .map_err(|_| "REDIS_URL is not set: `eval \"$(scripts/services.sh env)\"` first")?;
     // `cargo test --all-targets` runs this binary too (without `--bench`): then only a quick pass,
@@ -222,7 +246,7 @@ async fn run() -> BenchResult {
         let mut config = Config::default();
         config.storage.redis_url = Some(redis_url.clone());
         config.token_cache.key_prefix = prefix.clone();
-        let gateway = TestGateway::start_with(config.clone(), ServiceTarget::TokenCache).await?;
+        let gateway = start_service(&server, &config).await?;
         let mut client = TokenCacheClient::new(gateway.channel(ServiceTarget::TokenCache)?);
         let mut row = Row {
             path: "gRPC",
@@ -249,10 +273,10 @@ async fn run() -> BenchResult {
             client.get_context(variants[0].clone()).await?;
             row.l1.0.push(started.elapsed());
         }
-        gateway.stop().await?;
+        stop_service(&server, gateway).await?;
         let mut passes = 0;
         while row.l2.0.len() < hit_iterations.min(variants.len() * 8) && passes < 8 {
-            let reader = TestGateway::start_with(config.clone(), ServiceTarget::TokenCache).await?;
+            let reader = start_service(&server, &config).await?;
             let mut reader_client =
                 TokenCacheClient::new(reader.channel(ServiceTarget::TokenCache)?);
             // One untimed call so that connection set-up is not counted as an L2 hit.
@@ -267,7 +291,7 @@ async fn run() -> BenchResult {
                 reader_client.get_context(request.clone()).await?;
                 row.l2.0.push(started.elapsed());
             }
-            reader.stop().await?;
+            stop_service(&server, reader).await?;
             passes += 1;
         }
         rows.push(row);

@@ -14,12 +14,14 @@
 //! written by another format or stored under the wrong key is detected; the caller treats it as a
 //! miss and overwrites it.
 
-use crc::{CRC_32_ISCSI, Crc};
+use crc::{CRC_32_ISCSI, Crc, Table};
 
 const MAGIC: [u8; 2] = *b"TC";
 pub const FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: usize = 7;
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+/// Slice-by-16 tables (16 KiB, built at compile time): a 40 KB value is checked in a few
+/// microseconds instead of the ~60 µs of the byte-at-a-time table, on every L2 hit.
+const CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 
 /// The token IDs of one segment and, for each document in it, the index of its first token.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -90,10 +92,7 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<SegmentTokens, DecodeError> {
     for _ in 0..doc_count {
         doc_starts.push(reader.varint_u32()?);
     }
-    let mut ids = Vec::with_capacity(token_count);
-    for _ in 0..token_count {
-        ids.push(reader.varint_u32()?);
-    }
+    let ids = reader.token_ids(token_count)?;
     if reader.pos != body.len() {
         return Err(DecodeError::Malformed);
     }
@@ -134,6 +133,42 @@ impl Reader<'_> {
         Err(DecodeError::Malformed)
     }
 
+    /// `count` token IDs. The hot loop of every L2 hit (20,000 IDs for a 20k-token context):
+    /// while at least 5 bytes (the longest u32 varint) remain, each byte is read without a bounds
+    /// check of its own, and the IDs of real vocabularies (1 to 3 bytes) take one branch per
+    /// byte; longer IDs and the tail go through [`Self::varint_u32`]. Same acceptance as
+    /// `varint_u32`: an ID that does not fit in 32 bits, or runs past the end, is `Malformed`.
+    fn token_ids(&mut self, count: usize) -> Result<Vec<u32>, DecodeError> {
+        let mut ids = Vec::with_capacity(count);
+        while ids.len() < count {
+            let Some(window) = self.bytes.get(self.pos..self.pos + 5) else {
+                ids.push(self.varint_u32()?);
+                continue;
+            };
+            let b0 = u32::from(window[0]);
+            if b0 < 0x80 {
+                ids.push(b0);
+                self.pos += 1;
+                continue;
+            }
+            let b1 = u32::from(window[1]);
+            if b1 < 0x80 {
+                ids.push((b0 & 0x7f) | (b1 << 7));
+                self.pos += 2;
+                continue;
+            }
+            let b2 = u32::from(window[2]);
+            if b2 < 0x80 {
+                ids.push((b0 & 0x7f) | ((b1 & 0x7f) << 7) | (b2 << 14));
+                self.pos += 3;
+                continue;
+            }
+            // Four bytes or more: no tokenizer has 2^21 tokens; the general path checks it.
+            ids.push(self.varint_u32()?);
+        }
+        Ok(ids)
+    }
+
     fn varint_u32(&mut self) -> Result<u32, DecodeError> {
         u32::try_from(self.varint()?).map_err(|_| DecodeError::Malformed)
     }
@@ -158,6 +193,16 @@ mod tests {
             prop_assert_eq!(decode(&key, &encoded), Ok(tokens));
         }
 
+        /// Vocabulary-sized IDs (1 to 3 bytes), the decoder's fast path, mixed with any u32.
+        #[test]
+        fn round_trips_token_sized_ids(ids in proptest::collection::vec(
+                                           prop_oneof![0u32..128, 128u32..16_384, 16_384u32..300_000, any::<u32>()],
+                                           0..400)) {
+            let tokens = SegmentTokens { ids, doc_starts: vec![0] };
+            let encoded = encode(&[3u8; 32], &tokens);
+            prop_assert_eq!(decode(&[3u8; 32], &encoded), Ok(tokens));
+        }
+
         #[test]
         fn any_single_corruption_is_detected(ids in proptest::collection::vec(0u32..200_000, 1..200),
                                              position in any::<prop::sample::Index>(),
@@ -169,6 +214,12 @@ mod tests {
             encoded[at] ^= flip;
             prop_assert!(decode(&key, &encoded).is_err());
         }
+    }
+
+    #[test]
+    fn the_checksum_is_standard_crc32c() {
+        // The catalogue's check value: stored values stay readable whichever table computes it.
+        assert_eq!(checksum(b"1234", b"56789"), 0xE306_9283);
     }
 
     #[test]

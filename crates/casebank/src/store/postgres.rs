@@ -1,5 +1,12 @@
-//! [`PgCaseStore`]: cases on Postgres with pgvector. Similarity search uses an HNSW index with
-//! cosine distance; because pgvector before 0.8 filters HNSW candidates after the index scan
+//! [`PgCaseStore`]: cases on Postgres with pgvector. Similarity search uses an HNSW index over
+//! the inner product (`vector_ip_ops`, operator `<#>`): every stored and queried embedding is
+//! L2-normalised (`embed::normalise`), so the inner product *is* the cosine similarity, and it
+//! costs one multiply-add per dimension where pgvector's cosine distance costs three (a dot
+//! product and two norms), in every distance the graph search computes. Embeddings are stored
+//! inline in the heap row (`STORAGE MAIN`, migration 2): out of line, each candidate the search
+//! returns would cost a TOAST lookup to compute its similarity.
+//!
+//! Because pgvector before 0.8 filters HNSW candidates after the index scan
 //! (so a small tenant among many, or strict filters, can leave fewer than k rows), a search that
 //! comes back short is repeated as an exact scan of the tenant's rows.
 //!
@@ -35,6 +42,12 @@ fn migrator() -> sqlx::migrate::Migrator {
 const COLUMNS: &str = "tenant, id, agent, task, tier, model, plan_json, outcome, reward, cost_usd, \
      latency_micros, tags, created_at, embedder, request_id";
 
+/// HNSW graph parameters. `m` is pgvector's default; `ef_construction` is twice its default: a
+/// better-connected graph reaches recall@4 >= 0.95 with fewer candidates per search, and searches
+/// are what the request path waits for, inserts are not (BENCHMARKS.md, "Casebank").
+const HNSW_M: u32 = 16;
+const HNSW_EF_CONSTRUCTION: u32 = 128;
+
 /// Largest dimension pgvector's HNSW index accepts for `vector`.
 const MAX_INDEXED_DIMS: usize = 2000;
 
@@ -52,7 +65,7 @@ impl Default for PgOptions {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_millis(250),
-            ef_search: 200,
+            ef_search: 100,
         }
     }
 }
@@ -119,15 +132,28 @@ impl PgCaseStore {
         {
             return;
         }
-        // `dims` is a number we own; DDL takes no bind parameters.
+        // `dims` is a number we own; DDL takes no bind parameters. The cosine-ops index of
+        // earlier versions is dropped once the inner-product one exists: searches no longer
+        // use it, and every insert would still pay for maintaining it.
         let ddl = format!(
-            "CREATE INDEX IF NOT EXISTS cases_embedding_hnsw_d{dims} ON cases \
-             USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
+            "CREATE INDEX IF NOT EXISTS cases_embedding_ip_d{dims} ON cases \
+             USING hnsw ((embedding::vector({dims})) vector_ip_ops) \
+             WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE dims = {dims}"
         );
-        match sqlx::query(sqlx::AssertSqlSafe(ddl))
+        let create = sqlx::query(sqlx::AssertSqlSafe(ddl))
             .execute(&self.pool)
-            .await
-        {
+            .await;
+        let outcome = match create {
+            Ok(_) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP INDEX IF EXISTS cases_embedding_hnsw_d{dims}"
+                )))
+                .execute(&self.pool)
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
             Ok(_) => {
                 if let Ok(mut known) = self.indexed_dims.lock() {
                     known.insert(dims);
@@ -148,16 +174,17 @@ impl PgCaseStore {
             RewardFilter::AtLeast(bound) => (Some(bound), None),
             RewardFilter::Below(bound) => (None, Some(bound)),
         };
-        // `dims` is formatted in so that the expression matches the partial index's.
+        // `dims` is formatted in so that the expression matches the partial index's. `<#>` is
+        // the negated inner product, the cosine similarity of unit vectors.
         let sql = format!(
-            "SELECT {COLUMNS}, 1 - ((embedding::vector({dims})) <=> $1) AS similarity \
+            "SELECT {COLUMNS}, -((embedding::vector({dims})) <#> $1) AS similarity \
              FROM cases \
              WHERE tenant = $2 AND embedder = $3 AND dims = {dims} \
                AND ($4::text IS NULL OR agent = $4) \
                AND tags @> $5::text[] \
                AND ($6::float8 IS NULL OR reward >= $6) \
                AND ($7::float8 IS NULL OR reward < $7) \
-             ORDER BY (embedding::vector({dims})) <=> $1 \
+             ORDER BY (embedding::vector({dims})) <#> $1 \
              LIMIT $8"
         );
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
@@ -212,7 +239,8 @@ impl PgCaseStore {
     /// cost of two index searches. Here the list is fetched once (ids, rewards and
     /// similarities only), split by each query's filter, and only the chosen cases are read
     /// in full, by primary key. A query that comes back short falls back to [`Self::nearest`]
-    /// (which checks with an exact scan), exactly as its own search would have.
+    /// (which checks with an exact scan), exactly as its own search would have, unless the
+    /// list already ran below the query's `min_similarity` (then nothing further can pass).
     async fn nearest_sharing_one_scan(
         &self,
         queries: &[NearestQuery],
@@ -226,12 +254,12 @@ impl PgCaseStore {
         }
         self.ensure_index(dims).await;
         let sql = format!(
-            "SELECT id, reward, 1 - ((embedding::vector({dims})) <=> $1) AS similarity \
+            "SELECT id, reward, -((embedding::vector({dims})) <#> $1) AS similarity \
              FROM cases \
              WHERE tenant = $2 AND embedder = $3 AND dims = {dims} \
                AND ($4::text IS NULL OR agent = $4) \
                AND tags @> $5::text[] \
-             ORDER BY (embedding::vector({dims})) <=> $1 \
+             ORDER BY (embedding::vector({dims})) <#> $1 \
              LIMIT $6"
         );
         let candidates = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -277,8 +305,14 @@ impl PgCaseStore {
             let case = decode(row)?;
             by_id.insert(case.id.clone(), case);
         }
+        // The list is nearest first, so a case the scan did not reach is (as far as HNSW's order
+        // goes) less similar than its last entry. A query asking for more similar cases than
+        // that cannot gain from looking further: its answer is complete even when short, and
+        // the exact scan of the tenant's rows (about 100 ms at 100k cases) is not needed.
+        let least_similar_opt = candidate_list.last().map(|(_, _, similarity)| *similarity);
         let mut answers = Vec::with_capacity(queries.len());
         for (query, chosen) in queries.iter().zip(chosen) {
+            let chosen_count = chosen.len();
             let mut found: Vec<ScoredCase> = chosen
                 .into_iter()
                 .filter_map(|(id, _, similarity)| {
@@ -288,7 +322,11 @@ impl PgCaseStore {
                     })
                 })
                 .collect();
-            if found.len() < query.limit {
+            let none_deleted = found.len() == chosen_count;
+            let complete = none_deleted
+                && (found.len() == query.limit
+                    || least_similar_opt.is_some_and(|least| least < query.min_similarity));
+            if !complete {
                 // Short (or a case deleted in between): the query's own search decides.
                 found = self.nearest(query).await?;
             } else {
