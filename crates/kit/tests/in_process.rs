@@ -23,6 +23,16 @@ async fn closed_port() -> Result<SocketAddr, std::io::Error> {
     listener.local_addr()
 }
 
+/// A Health client for the peer at `addr`: in process while it is registered in `peers`.
+fn health_client(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    peers: &InProcessPeers,
+) -> Result<HealthClient<tollgate_kit::grpc::client::TracedChannel>, Box<dyn std::error::Error>> {
+    let channel = connect_peer(&format!("http://{addr}"), connect_timeout, peers)?;
+    Ok(HealthClient::new(channel))
+}
+
 /// tonic-health's Health service (SERVING for ""), answering after `delay`.
 fn slow_health(delay: Duration) -> InProcessService {
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -45,12 +55,7 @@ async fn a_registered_peer_answers_without_a_socket_until_it_leaves() -> TestRes
     let addr = closed_port().await?;
     let peers = InProcessPeers::enabled();
     peers.register(addr, slow_health(Duration::ZERO), Duration::from_secs(5));
-    let channel = connect_peer(
-        &format!("http://{addr}"),
-        Duration::from_millis(200),
-        &peers,
-    )?;
-    let mut client = HealthClient::new(channel);
+    let mut client = health_client(addr, Duration::from_millis(200), &peers)?;
     let status = client
         .check(HealthCheckRequest::default())
         .await?
@@ -76,12 +81,12 @@ async fn slow_check_code(
 ) -> Result<Option<tonic::Code>, Box<dyn std::error::Error>> {
     let addr = closed_port().await?;
     peers.register(addr, slow_health(Duration::from_secs(3)), request_timeout);
-    let channel = connect_peer(&format!("http://{addr}"), Duration::from_millis(200), peers)?;
+    let mut client = health_client(addr, Duration::from_millis(200), peers)?;
     let mut call = tonic::Request::new(HealthCheckRequest::default());
     if let Some(timeout) = caller_timeout_opt {
         call.set_timeout(timeout);
     }
-    let result = HealthClient::new(channel).check(call).await;
+    let result = client.check(call).await;
     Ok(result.map_err(|status| status.code()).err())
 }
 
@@ -118,12 +123,7 @@ async fn a_grpc_server_registers_while_it_serves_and_leaves_at_shutdown() -> Tes
     )
     .in_process(&peers);
     let serving = tokio::spawn(server.serve(shutdown.clone()));
-    let channel = connect_peer(
-        &format!("http://{addr}"),
-        Duration::from_millis(500),
-        &peers,
-    )?;
-    let mut client = HealthClient::new(channel);
+    let mut client = health_client(addr, Duration::from_millis(500), &peers)?;
     let mut registered = false;
     for _ in 0..100 {
         if format!("{peers:?}").contains(&addr.to_string()) {

@@ -92,7 +92,10 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<SegmentTokens, DecodeError> {
     for _ in 0..doc_count {
         doc_starts.push(reader.varint_u32()?);
     }
-    let ids = reader.token_ids(token_count)?;
+    let mut ids = Vec::with_capacity(token_count);
+    for _ in 0..token_count {
+        ids.push(reader.varint_u32()?);
+    }
     if reader.pos != body.len() {
         return Err(DecodeError::Malformed);
     }
@@ -133,42 +136,6 @@ impl Reader<'_> {
         Err(DecodeError::Malformed)
     }
 
-    /// `count` token IDs. The hot loop of every L2 hit (20,000 IDs for a 20k-token context):
-    /// while at least 5 bytes (the longest u32 varint) remain, each byte is read without a bounds
-    /// check of its own, and the IDs of real vocabularies (1 to 3 bytes) take one branch per
-    /// byte; longer IDs and the tail go through [`Self::varint_u32`]. Same acceptance as
-    /// `varint_u32`: an ID that does not fit in 32 bits, or runs past the end, is `Malformed`.
-    fn token_ids(&mut self, count: usize) -> Result<Vec<u32>, DecodeError> {
-        let mut ids = Vec::with_capacity(count);
-        while ids.len() < count {
-            let Some(window) = self.bytes.get(self.pos..self.pos + 5) else {
-                ids.push(self.varint_u32()?);
-                continue;
-            };
-            let b0 = u32::from(window[0]);
-            if b0 < 0x80 {
-                ids.push(b0);
-                self.pos += 1;
-                continue;
-            }
-            let b1 = u32::from(window[1]);
-            if b1 < 0x80 {
-                ids.push((b0 & 0x7f) | (b1 << 7));
-                self.pos += 2;
-                continue;
-            }
-            let b2 = u32::from(window[2]);
-            if b2 < 0x80 {
-                ids.push((b0 & 0x7f) | ((b1 & 0x7f) << 7) | (b2 << 14));
-                self.pos += 3;
-                continue;
-            }
-            // Four bytes or more: no tokenizer has 2^21 tokens; the general path checks it.
-            ids.push(self.varint_u32()?);
-        }
-        Ok(ids)
-    }
-
     fn varint_u32(&mut self) -> Result<u32, DecodeError> {
         u32::try_from(self.varint()?).map_err(|_| DecodeError::Malformed)
     }
@@ -193,7 +160,7 @@ mod tests {
             prop_assert_eq!(decode(&key, &encoded), Ok(tokens));
         }
 
-        /// Vocabulary-sized IDs (1 to 3 bytes), the decoder's fast path, mixed with any u32.
+        /// Vocabulary-sized IDs (1 to 3 bytes), mixed with any u32.
         #[test]
         fn round_trips_token_sized_ids(ids in proptest::collection::vec(
                                            prop_oneof![0u32..128, 128u32..16_384, 16_384u32..300_000, any::<u32>()],

@@ -140,19 +140,16 @@ impl PgCaseStore {
              USING hnsw ((embedding::vector({dims})) vector_ip_ops) \
              WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE dims = {dims}"
         );
-        let create = sqlx::query(sqlx::AssertSqlSafe(ddl))
-            .execute(&self.pool)
-            .await;
-        let outcome = match create {
-            Ok(_) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP INDEX IF EXISTS cases_embedding_hnsw_d{dims}"
-                )))
+        let drop_old = format!("DROP INDEX IF EXISTS cases_embedding_hnsw_d{dims}");
+        let outcome = async {
+            sqlx::query(sqlx::AssertSqlSafe(ddl))
+                .execute(&self.pool)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(drop_old))
                 .execute(&self.pool)
                 .await
-            }
-            Err(error) => Err(error),
-        };
+        }
+        .await;
         match outcome {
             Ok(_) => {
                 if let Ok(mut known) = self.indexed_dims.lock() {

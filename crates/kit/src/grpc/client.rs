@@ -19,8 +19,6 @@ use super::trace_context::{ClientTrace, ClientTraceLayer};
 /// per window. Memory is only used by data in flight.
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
-/// HTTP/2 DATA frames this side accepts (client and server alike).
-pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// A channel whose calls carry the caller's trace context. Generated clients accept it:
 /// `RouterClient::new(channel)`.
@@ -56,7 +54,6 @@ pub fn connect_peer(
         .connect_timeout(connect_timeout)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
