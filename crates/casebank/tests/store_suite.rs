@@ -452,6 +452,26 @@ async fn many_cases_find_the_exact_neighbours(store: &dyn CaseStore) -> TestResu
         .await?;
     assert_eq!(found.first().map(|s| s.case.id.as_str()), Some("b5"));
     assert_eq!(found.len(), 4);
+    // Positives and negatives from one shared scan (Retrieve): the small tenant's answer is
+    // short, so it must be checked beyond the index's candidates too.
+    let positives = query(
+        "small",
+        "big tenant task number 5 about topic 5",
+        4,
+        RewardFilter::AtLeast(0.6),
+    );
+    let negatives = NearestQuery {
+        reward: RewardFilter::Below(0.6),
+        ..positives.clone()
+    };
+    let answers = store.nearest_each(&[positives, negatives]).await?;
+    assert_eq!(answers.len(), 2);
+    assert_eq!(
+        answers[0].len(),
+        3,
+        "every positive of the small tenant is found"
+    );
+    assert!(answers[1].is_empty(), "the small tenant has no negatives");
     Ok(())
 }
 
