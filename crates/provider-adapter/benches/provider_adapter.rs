@@ -27,6 +27,9 @@ use tollgate_provider_adapter::config::{
 use tollgate_test_support::fake_upstream::{FakeKind, FakeUpstream};
 use tollgate_test_support::{ServiceTarget, TestGateway, TestResult};
 
+/// Requests per task before measuring (see `measure`).
+const WARM_UP_PER_TASK: usize = 10;
+
 type Client = ProviderAdapterClient<tollgate_kit::grpc::client::TracedChannel>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -225,35 +228,40 @@ async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String
     for mode in [Mode::Unary, Mode::FirstChunk] {
         for concurrency in [1usize, 64] {
             let per_task = (total / concurrency).max(1);
-            // Warm-up: connections, tokenizer, allocator.
-            for _ in 0..50 {
-                direct_once(&http, &url, mode).await?;
-                adapter_once(&mut Client::new(channel.clone()), mode).await?;
-            }
-            let (h, u) = (http.clone(), url.clone());
-            let direct = run(concurrency, move || {
-                let (h, u) = (h.clone(), u.clone());
-                async move {
-                    let mut latencies = Vec::with_capacity(per_task);
-                    for _ in 0..per_task {
-                        latencies.push(direct_once(&h, &u, mode).await?);
+            let direct_path = |per_task: usize| {
+                let (h, u) = (http.clone(), url.clone());
+                run(concurrency, move || {
+                    let (h, u) = (h.clone(), u.clone());
+                    async move {
+                        let mut latencies = Vec::with_capacity(per_task);
+                        for _ in 0..per_task {
+                            latencies.push(direct_once(&h, &u, mode).await?);
+                        }
+                        Ok(latencies)
                     }
-                    Ok(latencies)
-                }
-            })
-            .await?;
-            let c = channel.clone();
-            let via = run(concurrency, move || {
-                let mut client = Client::new(c.clone());
-                async move {
-                    let mut latencies = Vec::with_capacity(per_task);
-                    for _ in 0..per_task {
-                        latencies.push(adapter_once(&mut client, mode).await?);
+                })
+            };
+            let adapter_path = |per_task: usize| {
+                let c = channel.clone();
+                run(concurrency, move || {
+                    let mut client = Client::new(c.clone());
+                    async move {
+                        let mut latencies = Vec::with_capacity(per_task);
+                        for _ in 0..per_task {
+                            latencies.push(adapter_once(&mut client, mode).await?);
+                        }
+                        Ok(latencies)
                     }
-                    Ok(latencies)
-                }
-            })
-            .await?;
+                })
+            };
+            // Warm-up at the measured concurrency: the tokenizer, the allocator, and as many
+            // pooled upstream connections as there are requests in flight (the adapter's and
+            // the direct client's), so that the percentiles measure the steady state and not
+            // the 63 connection set-ups of the first 64-way wave.
+            direct_path(WARM_UP_PER_TASK).await?;
+            adapter_path(WARM_UP_PER_TASK).await?;
+            let direct = direct_path(per_task).await?;
+            let via = adapter_path(per_task).await?;
             let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
             let added = |p: f64| {
                 let (a, b) = (percentile(&via, p), percentile(&direct, p));
