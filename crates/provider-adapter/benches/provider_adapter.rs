@@ -1,17 +1,20 @@
 //! Added latency of the provider-adapter over calling the upstream directly.
 //!
-//! A fake OpenAI-compatible upstream (tollgate-test-support) answers at once. The same request
-//! is sent (a) directly to it over HTTP with the adapter's own pooled client, and (b) through
-//! the adapter over gRPC (client → adapter → upstream). Reported: p50/p99 of both and their
-//! difference, at 1 and 64 concurrent requests, for unary calls and for the time to the first
-//! streamed chunk. A trivial RPC (EstimateCost) over the same gRPC hop gives the floor that
+//! A fake OpenAI-compatible upstream (tollgate-test-support) answers at once, or, in the rows
+//! with a model delay, after 10-30 ms (chosen by the prompt, so both paths see the same
+//! delays). The same requests are sent (a) directly to it over HTTP with the adapter's own
+//! pooled client, and (b) through the adapter over gRPC (client → adapter → upstream).
+//! Reported: p50/p99 of both and their difference, at 1 and 64 concurrent requests, for unary
+//! calls and for the time to the first streamed chunk. With an upstream that answers at once,
+//! 64 requests in flight measure the throughput of the 2 cores that caller, adapter and
+//! upstream share (each request queues behind the others); with the model delay they measure
+//! what the adapter adds to each request at that concurrency. A trivial RPC (EstimateCost) over the same gRPC hop gives the floor that
 //! the hop alone costs, and `scripts/loopback_rtt.py` the floor under that (a bare TCP round
 //! trip). Caller, adapter and upstream run on separate runtimes, as separate processes would
 //! (see `main`).
 //!
-//! Run: `cargo bench --workspace --bench provider_adapter --profile dev` (the workspace is
-//! built in debug with dependencies at opt-level 1; see BENCHMARKS.md). `BENCH_REQUESTS`
-//! sets the number of measured requests per case (default 2000).
+//! Run: `cargo bench --workspace --bench provider_adapter` (release; BENCHMARKS.md).
+//! `BENCH_REQUESTS` sets the number of measured requests per case (default 2000).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +29,9 @@ use tollgate_provider_adapter::config::{
 };
 use tollgate_test_support::fake_upstream::{FakeKind, FakeUpstream};
 use tollgate_test_support::{ServiceTarget, TestGateway, TestResult};
+
+/// How long the fake model takes to answer in the rows that give it a delay (see `measure`).
+const UPSTREAM_DELAY_MS: u64 = 20;
 
 /// Requests per task before measuring (see `measure`).
 const WARM_UP_PER_TASK: usize = 10;
@@ -46,10 +52,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn direct_once(http: &reqwest::Client, url: &str, mode: Mode) -> TestResult<Duration> {
+/// The prompt of request `index`: the fake upstream's delay follows it (see `measure`).
+fn prompt(index: usize) -> String {
+    format!("What is the capital of France? (request {index})")
+}
+
+async fn direct_once(
+    http: &reqwest::Client,
+    url: &str,
+    mode: Mode,
+    index: usize,
+) -> TestResult<Duration> {
     let mut body = json!({
         "model": "fake-upstream",
-        "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        "messages": [{ "role": "user", "content": prompt(index) }],
     });
     if mode == Mode::FirstChunk {
         body["stream"] = json!(true);
@@ -90,12 +106,12 @@ async fn direct_once(http: &reqwest::Client, url: &str, mode: Mode) -> TestResul
     }
 }
 
-async fn adapter_once(client: &mut Client, mode: Mode) -> TestResult<Duration> {
+async fn adapter_once(client: &mut Client, mode: Mode, index: usize) -> TestResult<Duration> {
     let request = pb::GenerateRequest {
         model: "fake-model".into(),
         messages: vec![pb::Message {
             role: pb::Role::User as i32,
-            text: "What is the capital of France?".into(),
+            text: prompt(index),
             ..Default::default()
         }],
         ..Default::default()
@@ -129,17 +145,17 @@ async fn adapter_once(client: &mut Client, mode: Mode) -> TestResult<Duration> {
     }
 }
 
-/// Latencies of every request of `concurrency` tasks, sorted.
+/// Latencies of every request of `concurrency` tasks (`make` gets the task's number), sorted.
 async fn run<F, Fut>(concurrency: usize, make: F) -> TestResult<Vec<Duration>>
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = TestResult<Vec<Duration>>> + Send + 'static,
 {
     let make = Arc::new(make);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for task in 0..concurrency {
         let make = Arc::clone(&make);
-        tasks.spawn(async move { make().await });
+        tasks.spawn(async move { make(task).await });
     }
     let mut all = Vec::new();
     while let Some(joined) = tasks.join_next().await {
@@ -169,7 +185,7 @@ fn main() -> TestResult {
         .build()?;
     let upstream = upstream_runtime.block_on(FakeUpstream::start(FakeKind::OpenAi))?;
     let gateway = adapter_runtime.block_on(start_adapter(&upstream.base_url()))?;
-    let result = caller_runtime.block_on(measure(&gateway, &upstream.base_url()));
+    let result = caller_runtime.block_on(measure(&gateway, &upstream));
     adapter_runtime.block_on(gateway.stop())?;
     drop(upstream);
     let out = result?;
@@ -214,7 +230,8 @@ async fn start_adapter(upstream_url: &str) -> TestResult<TestGateway> {
 }
 
 /// Both paths, from the caller's runtime; returns the report.
-async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String> {
+async fn measure(gateway: &TestGateway, upstream: &FakeUpstream) -> TestResult<String> {
+    let upstream_url = upstream.base_url();
     let total: usize = std::env::var("BENCH_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -224,18 +241,26 @@ async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String
     let url = format!("{upstream_url}/chat/completions");
 
     let mut out = String::new();
-    out.push_str("| mode | concurrency | direct p50 | direct p99 | via adapter p50 | via adapter p99 | added p50 | added p99 |\n|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| mode | concurrency | model delay | direct p50 | direct p99 | via adapter p50 | via adapter p99 | added p50 | added p99 |\n|---|---|---|---|---|---|---|---|---|\n");
+    // An upstream that answers at once makes 64 requests in flight a throughput test of the
+    // shared 2 cores (every request queues behind the others); a model that takes 10-30 ms to
+    // answer, still far faster than a real one, leaves the cores mostly idle, so the rows with
+    // it show what the adapter adds to each request at that concurrency. Each request's delay
+    // follows its prompt, and both paths send the same prompts, so both see the same delays.
+    let cases = [(1usize, 0u64), (64, 0), (64, UPSTREAM_DELAY_MS)];
     for mode in [Mode::Unary, Mode::FirstChunk] {
-        for concurrency in [1usize, 64] {
+        for (concurrency, delay_ms) in cases {
+            upstream.set_default_delay(Duration::from_millis(delay_ms));
             let per_task = (total / concurrency).max(1);
             let direct_path = |per_task: usize| {
                 let (h, u) = (http.clone(), url.clone());
-                run(concurrency, move || {
+                run(concurrency, move |task| {
                     let (h, u) = (h.clone(), u.clone());
                     async move {
                         let mut latencies = Vec::with_capacity(per_task);
-                        for _ in 0..per_task {
-                            latencies.push(direct_once(&h, &u, mode).await?);
+                        for i in 0..per_task {
+                            let index = task * per_task + i;
+                            latencies.push(direct_once(&h, &u, mode, index).await?);
                         }
                         Ok(latencies)
                     }
@@ -243,12 +268,13 @@ async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String
             };
             let adapter_path = |per_task: usize| {
                 let c = channel.clone();
-                run(concurrency, move || {
+                run(concurrency, move |task| {
                     let mut client = Client::new(c.clone());
                     async move {
                         let mut latencies = Vec::with_capacity(per_task);
-                        for _ in 0..per_task {
-                            latencies.push(adapter_once(&mut client, mode).await?);
+                        for i in 0..per_task {
+                            let index = task * per_task + i;
+                            latencies.push(adapter_once(&mut client, mode, index).await?);
                         }
                         Ok(latencies)
                     }
@@ -268,11 +294,16 @@ async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String
                 format!("{:.3} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1e3)
             };
             out.push_str(&format!(
-                "| {} | {concurrency} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {concurrency} | {} | {} | {} | {} | {} | {} | {} |\n",
                 if mode == Mode::Unary {
                     "unary"
                 } else {
                     "first chunk"
+                },
+                if delay_ms == 0 {
+                    "none".to_owned()
+                } else {
+                    format!("{}-{} ms", delay_ms / 2, delay_ms * 3 / 2)
                 },
                 ms(percentile(&direct, 50.0)),
                 ms(percentile(&direct, 99.0)),
@@ -283,6 +314,7 @@ async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String
             ));
         }
     }
+    upstream.set_default_delay(Duration::ZERO);
     // The floor: a trivial RPC (EstimateCost, no upstream) over the same gRPC hop.
     out.push_str(
         "\n| gRPC hop alone (EstimateCost) | concurrency | p50 | p99 |\n|---|---|---|---|\n",
@@ -290,7 +322,7 @@ async fn measure(gateway: &TestGateway, upstream_url: &str) -> TestResult<String
     for concurrency in [1usize, 64] {
         let per_task = (total / concurrency).max(1);
         let c = channel.clone();
-        let floor = run(concurrency, move || {
+        let floor = run(concurrency, move |_| {
             let mut client = Client::new(c.clone());
             async move {
                 let mut latencies = Vec::with_capacity(per_task);

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -334,6 +335,44 @@ struct FakeState {
     kind: FakeKind,
     queue: Mutex<VecDeque<FakeReply>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// How long a default (not queued) reply waits before answering, in microseconds.
+    default_delay_micros: AtomicU64,
+}
+
+/// Between half and one and a half times `base_micros`, by an FNV-1a hash of the prompt's text
+/// in `body`: every string under a `content` or `text` key, in order (OpenAI, Anthropic and
+/// Gemini bodies, plain or as parts).
+fn spread_delay(base_micros: u64, body: &Value) -> Duration {
+    fn prompt_strings<'a>(value: &'a Value, under_text_key: bool, out: &mut Vec<&'a str>) {
+        match value {
+            Value::String(text) if under_text_key => out.push(text),
+            Value::Array(items) => {
+                for item in items {
+                    prompt_strings(item, under_text_key, out);
+                }
+            }
+            Value::Object(fields) => {
+                for (key, field) in fields {
+                    prompt_strings(field, key == "content" || key == "text", out);
+                }
+            }
+            _ => {}
+        }
+    }
+    if base_micros == 0 {
+        return Duration::ZERO;
+    }
+    let mut strings = Vec::new();
+    prompt_strings(body, false, &mut strings);
+    let hash = strings
+        .iter()
+        .flat_map(|text| text.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // The top 53 bits, after a multiplicative mix, as a fraction in [0, 1).
+    let fraction = (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    Duration::from_micros((base_micros as f64 * (0.5 + fraction)) as u64)
 }
 
 /// A running fake provider; stops when dropped.
@@ -353,6 +392,7 @@ impl FakeUpstream {
             kind,
             queue: Mutex::new(VecDeque::new()),
             requests: Mutex::new(Vec::new()),
+            default_delay_micros: AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -377,6 +417,18 @@ impl FakeUpstream {
             FakeKind::OpenAi => format!("http://{}/v1", self.addr),
             FakeKind::Anthropic | FakeKind::Gemini => format!("http://{}", self.addr),
         }
+    }
+
+    /// Makes every default (not queued) reply wait first, as a real model takes time to answer:
+    /// between half and one and a half times `delay`, chosen by a hash of the prompt's text (a
+    /// fixed delay would keep concurrent callers in lockstep, arriving in bursts; a delay that
+    /// depends only on the prompt gives the same prompts the same delays, whoever sends them and
+    /// in whatever JSON shape). Zero (the default) answers at once.
+    pub fn set_default_delay(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.state
+            .default_delay_micros
+            .store(micros, Ordering::Relaxed);
     }
 
     /// Queues a reply; queued replies are used in order, before the default success.
@@ -430,7 +482,10 @@ async fn handle(
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     };
     let queued = lock(&state.queue).pop_front();
-    let reply = queued.unwrap_or_else(|| default_reply(state.kind, &recorded));
+    let reply = queued.unwrap_or_else(|| {
+        let base = state.default_delay_micros.load(Ordering::Relaxed);
+        default_reply(state.kind, &recorded).with_delay(spread_delay(base, &recorded.body))
+    });
     lock(&state.requests).push(recorded);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
