@@ -242,6 +242,7 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
     }
 
     // Through gRPC: one service on 127.0.0.1:0 with Redis, a real client.
+    let mut floor = Samples::default();
     for (shape, count, tokens, misses) in shapes {
         let mut config = Config::default();
         config.storage.redis_url = Some(redis_url.clone());
@@ -272,6 +273,13 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
             let started = Instant::now();
             client.get_context(variants[0].clone()).await?;
             row.l1.0.push(started.elapsed());
+        }
+        // The floor under an L1 hit through gRPC: the same call for a one-word context.
+        let tiny = grpc_request(&["floor".to_owned()]);
+        for _ in 0..hit_iterations {
+            let started = Instant::now();
+            client.get_context(tiny.clone()).await?;
+            floor.0.push(started.elapsed());
         }
         stop_service(&server, gateway).await?;
         let mut passes = 0;
@@ -324,6 +332,13 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
         out,
         "\n(speed-up: miss p50 / hit p50; samples: misses {}/{} per shape, hits {hit_iterations})",
         shapes[0].3, shapes[1].3
+    )?;
+    writeln!(
+        out,
+        "gRPC floor, GetContext of a one-word context (L1 hit): p50 {} / p99 {} ({} calls)",
+        micros(floor.percentile(0.5)),
+        micros(floor.percentile(0.99)),
+        floor.0.len()
     )?;
 
     // Bytes per token of the stored values.

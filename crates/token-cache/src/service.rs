@@ -119,6 +119,17 @@ pub struct TokenizerListing {
     pub models: Vec<String>,
 }
 
+/// What L2 answered for a segment that L1 lacked.
+#[derive(Debug, Clone)]
+enum L2Value {
+    /// No L2 (Redis off), or L1 had the segment.
+    NotAsked,
+    /// The Redis call failed or ran over its budget.
+    Failed,
+    /// The stored value, if any, and when the lookup started (for the latency histogram).
+    Fetched(Option<Vec<u8>>, Instant),
+}
+
 /// A segment's tokens as cached in L1, with where its value came from when it was loaded.
 #[derive(Debug)]
 struct CachedSegment {
@@ -335,14 +346,7 @@ impl TokenCacheService {
         };
         let plans = assembly.plan(tokenizer.id(), tokenizer.cut_rule());
         let ttl = self.config.ttl_for(&request.collection);
-        let loaded = futures_util::future::join_all(
-            plans
-                .iter()
-                .map(|plan| self.segment(&tokenizer, &assembly, plan, ttl)),
-        )
-        .await
-        .into_iter()
-        .collect::<TokenCacheResult<Vec<_>>>()?;
+        let loaded = self.segments(&tokenizer, &assembly, &plans, ttl).await?;
 
         let total: usize = loaded
             .iter()
@@ -473,28 +477,98 @@ impl TokenCacheService {
         Ok(resolved)
     }
 
-    /// One segment: from L1, or loaded once (single flight) from L2 or by tokenizing.
+    /// The segments of `plans`, in order, each with its L1 and L2 outcome: L1 first, then one
+    /// L2 round trip for all that L1 lacks, then each remaining one loaded once.
+    async fn segments(
+        &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
+        plans: &[SegmentPlan],
+        ttl: Duration,
+    ) -> TokenCacheResult<Vec<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)>> {
+        let cached = self.l1_lookup(plans).await;
+        let mut stored = self.l2_lookup(plans, &cached).await.into_iter();
+        futures_util::future::join_all(plans.iter().zip(cached).map(|(plan, cached_opt)| {
+            // `l2_lookup` answers one entry per L1 miss, in plan order.
+            let stored = match cached_opt {
+                Some(_) => L2Value::NotAsked,
+                None => stored.next().unwrap_or(L2Value::NotAsked),
+            };
+            self.segment(tokenizer, assembly, plan, ttl, cached_opt, stored)
+        }))
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// Each plan's segment if L1 holds it, counted as an L1 hit or miss.
+    async fn l1_lookup(&self, plans: &[SegmentPlan]) -> Vec<Option<Arc<CachedSegment>>> {
+        let mut cached = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let started = Instant::now();
+            let found = self.l1.get(&plan.key).await;
+            if found.is_some() {
+                self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+                record_lookup("l1", "hit", started);
+            } else {
+                self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
+                record_lookup("l1", "miss", started);
+            }
+            cached.push(found);
+        }
+        cached
+    }
+
+    /// What L2 holds for every plan L1 lacks, in plan order, asked for in one round trip: a
+    /// context's segments cost one Redis call, not one each. A failed call is an `Error` for
+    /// each of them (the request goes on without L2).
+    async fn l2_lookup(
+        &self,
+        plans: &[SegmentPlan],
+        cached: &[Option<Arc<CachedSegment>>],
+    ) -> Vec<L2Value> {
+        let Some(redis) = &self.redis else {
+            return Vec::new();
+        };
+        let keys: Vec<Digest32> = plans
+            .iter()
+            .zip(cached)
+            .filter(|(_, cached_opt)| cached_opt.is_none())
+            .map(|(plan, _)| plan.key)
+            .collect();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        match redis.get_segments(&keys).await {
+            Ok(values) => values
+                .into_iter()
+                .map(|value| L2Value::Fetched(value, started))
+                .collect(),
+            Err(_) => vec![L2Value::Failed; keys.len()],
+        }
+    }
+
+    /// One segment: from L1, or loaded once (single flight) from what L2 returned or by
+    /// tokenizing.
     async fn segment(
         &self,
         tokenizer: &Arc<Tokenizer>,
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
         ttl: Duration,
+        cached_opt: Option<Arc<CachedSegment>>,
+        stored: L2Value,
     ) -> TokenCacheResult<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)> {
-        let started = Instant::now();
-        if let Some(segment) = self.l1.get(&plan.key).await {
-            self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
-            record_lookup("l1", "hit", started);
+        if let Some(segment) = cached_opt {
             return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
         }
-        self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
-        record_lookup("l1", "miss", started);
         let loaded_here = AtomicBool::new(false);
         let segment = self
             .l1
             .try_get_with(plan.key, async {
                 loaded_here.store(true, Ordering::Relaxed);
-                self.load(tokenizer, assembly, plan, ttl).await
+                self.load(tokenizer, assembly, plan, ttl, stored).await
             })
             .await
             .map_err(|error| (*error).clone())?;
@@ -513,36 +587,34 @@ impl TokenCacheService {
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
         ttl: Duration,
+        stored: L2Value,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
-        let mut l2 = LayerOutcome::Skipped;
-        if let Some(redis) = &self.redis {
-            let started = Instant::now();
-            match redis.get_segment(&plan.key).await {
-                Ok(Some(bytes)) => match codec::decode(&plan.key, &bytes) {
-                    Ok(tokens) if fits(&tokens, plan) => {
-                        self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
-                        record_lookup("l2", "hit", started);
-                        return Ok(self.admit(CachedSegment {
-                            tokens,
-                            ttl,
-                            l2: LayerOutcome::Hit,
-                        }));
-                    }
-                    Ok(_) | Err(_) => {
-                        tracing::warn!(key = %hex::encode(plan.key), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
-                        self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-                        record_lookup("l2", "miss", started);
-                        l2 = LayerOutcome::Miss;
-                    }
-                },
-                Ok(None) => {
+        let l2 = match stored {
+            L2Value::NotAsked => LayerOutcome::Skipped,
+            L2Value::Failed => LayerOutcome::Error,
+            L2Value::Fetched(None, started) => {
+                self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
+                record_lookup("l2", "miss", started);
+                LayerOutcome::Miss
+            }
+            L2Value::Fetched(Some(bytes), started) => match codec::decode(&plan.key, &bytes) {
+                Ok(tokens) if fits(&tokens, plan) => {
+                    self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
+                    record_lookup("l2", "hit", started);
+                    return Ok(self.admit(CachedSegment {
+                        tokens,
+                        ttl,
+                        l2: LayerOutcome::Hit,
+                    }));
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(key = %hex::encode(plan.key), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
                     self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
                     record_lookup("l2", "miss", started);
-                    l2 = LayerOutcome::Miss;
+                    LayerOutcome::Miss
                 }
-                Err(_) => l2 = LayerOutcome::Error,
-            }
-        }
+            },
+        };
         let tokens = self.tokenize_segment(tokenizer, assembly, plan).await?;
         self.counters
             .tokens_tokenized
@@ -668,9 +740,8 @@ impl TokenCacheService {
                         hashes: &hashes,
                         separator: DEFAULT_SEPARATOR,
                     };
-                    for plan in assembly.plan(tokenizer.id(), tokenizer.cut_rule()) {
-                        self.segment(tokenizer, &assembly, &plan, ttl).await?;
-                    }
+                    let plans = assembly.plan(tokenizer.id(), tokenizer.cut_rule());
+                    self.segments(tokenizer, &assembly, &plans, ttl).await?;
                 }
             }
         }

@@ -132,15 +132,34 @@ impl RedisStore {
     }
 
     pub async fn get_segment(&self, key: &Digest32) -> StoreResult<Option<Vec<u8>>> {
+        let mut values = self.get_segments(std::slice::from_ref(key)).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// The stored values of several segments, in order, in one round trip (one MGET): a
+    /// context's segments that L1 lacks are asked for together.
+    pub async fn get_segments(&self, keys: &[Digest32]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut connection = self.manager.clone();
-        let redis_key = self.segment_key(key);
-        self.call("get", async move {
-            redis::cmd("GET")
-                .arg(redis_key)
-                .query_async::<Option<Vec<u8>>>(&mut connection)
-                .await
-        })
-        .await
+        let redis_keys: Vec<String> = keys.iter().map(|key| self.segment_key(key)).collect();
+        let values = self
+            .call("get", async move {
+                redis::cmd("MGET")
+                    .arg(redis_keys)
+                    .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
+                    .await
+            })
+            .await?;
+        if values.len() != keys.len() {
+            return Err(StoreError::Unavailable(format!(
+                "MGET of {} keys answered {} values",
+                keys.len(),
+                values.len()
+            )));
+        }
+        Ok(values)
     }
 
     pub async fn put_segment(
