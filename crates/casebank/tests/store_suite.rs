@@ -419,9 +419,15 @@ async fn many_cases_find_the_exact_neighbours(store: &dyn CaseStore) -> TestResu
     // one, the index alone would miss rows (filtered after the scan) and the store must not.
     for i in 0..300 {
         let task = format!("big tenant task number {i} about topic {}", i % 17);
+        // Positives, negatives and cases still waiting for their reward.
+        let reward = match i % 4 {
+            0 => Some(0.2),
+            1 => None,
+            _ => Some(1.0),
+        };
         put(
             store,
-            &case("big", &format!("b{i}"), &task, Tier::Cheap, Some(1.0)),
+            &case("big", &format!("b{i}"), &task, Tier::Cheap, reward),
         )
         .await?;
     }
@@ -472,6 +478,31 @@ async fn many_cases_find_the_exact_neighbours(store: &dyn CaseStore) -> TestResu
         "every positive of the small tenant is found"
     );
     assert!(answers[1].is_empty(), "the small tenant has no negatives");
+    // In the big tenant the shared scan answers both from one candidate list: the same cases
+    // as each query asked on its own, with unrewarded cases in neither.
+    let positives = query(
+        "big",
+        "big tenant task number 8 about topic 8",
+        4,
+        RewardFilter::AtLeast(0.6),
+    );
+    let negatives = NearestQuery {
+        reward: RewardFilter::Below(0.6),
+        ..positives.clone()
+    };
+    let shared = store
+        .nearest_each(&[positives.clone(), negatives.clone()])
+        .await?;
+    let alone = [
+        store.nearest(&positives).await?,
+        store.nearest(&negatives).await?,
+    ];
+    for (answer, own) in shared.iter().zip(&alone) {
+        assert_eq!(answer.len(), 4);
+        assert_eq!(ids(answer), ids(own));
+    }
+    assert!(shared[0].iter().all(|s| s.case.reward == Some(1.0)));
+    assert!(shared[1].iter().all(|s| s.case.reward == Some(0.2)));
     Ok(())
 }
 

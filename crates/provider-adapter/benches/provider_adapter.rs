@@ -8,9 +8,9 @@
 //! calls and for the time to the first streamed chunk. With an upstream that answers at once,
 //! 64 requests in flight measure the throughput of the 2 cores that caller, adapter and
 //! upstream share (each request queues behind the others); with the model delay they measure
-//! what the adapter adds to each request at that concurrency. A trivial RPC (EstimateCost) over the same gRPC hop gives the floor that
-//! the hop alone costs, and `scripts/loopback_rtt.py` the floor under that (a bare TCP round
-//! trip). Caller, adapter and upstream run on separate runtimes, as separate processes would
+//! what the adapter adds to each request at that concurrency. A trivial RPC (EstimateCost)
+//! over the same gRPC hop gives the floor that the hop alone costs, and
+//! `scripts/loopback_rtt.py` the floor under that (a bare TCP round trip). Caller, adapter and upstream run on separate runtimes, as separate processes would
 //! (see `main`).
 //!
 //! Run: `cargo bench --workspace --bench provider_adapter` (release; BENCHMARKS.md).

@@ -8,7 +8,8 @@
 //! - open loop at `BENCH_RATE` requests/s (default 500) for `BENCH_SECONDS` (default 10): the
 //!   router's p50/p99 and the added latency (router minus the floor at the same percentile).
 //!   Latency is measured from each request's scheduled start, so a stall is not hidden by
-//!   requests that were never sent (no coordinated omission);
+//!   requests that were never sent (no coordinated omission); how late the load generator
+//!   itself sent each request is printed on its own ("sent late by");
 //! - closed loop throughput at 32 concurrent requests;
 //! - where the open loop's time went: the mean of each `tollgate_router_stage_seconds` stage,
 //!   read from the router's /metrics.

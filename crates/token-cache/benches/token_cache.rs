@@ -138,6 +138,73 @@ struct Row {
     l2: Samples,
 }
 
+/// The parts of an in-process L2 hit for `docs`, each timed alone (p50 of 300): hashing the
+/// documents' text, one MGET of values the size of theirs (one per document, as the bench's
+/// contexts are cut), and checking and decoding those values.
+async fn l2_hit_anatomy(
+    redis_url: &str,
+    prefix: &str,
+    shape: &str,
+    tokenizer: &Tokenizer,
+    docs: &[String],
+) -> BenchResult<String> {
+    use tollgate_token_cache::codec::{self, SegmentTokens};
+    use tollgate_token_cache::store::redis::RedisStore;
+    let store = RedisStore::new(
+        redis_url,
+        &format!("{prefix}anatomy:"),
+        Duration::from_secs(1),
+    )?;
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for (index, doc) in docs.iter().enumerate() {
+        let key = [index as u8; 32];
+        let ids = tokenizer.encode(doc)?;
+        let value = codec::encode(
+            &key,
+            &SegmentTokens {
+                ids,
+                doc_starts: vec![0],
+            },
+        );
+        store
+            .put_segment(&key, &value, Duration::from_secs(60))
+            .await?;
+        keys.push(key);
+        values.push(value);
+    }
+    let (mut hash, mut mget, mut decode) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for _ in 0..300 {
+        let started = Instant::now();
+        for doc in docs {
+            std::hint::black_box(content_hash(doc));
+        }
+        hash.0.push(started.elapsed());
+        let started = Instant::now();
+        let fetched = store.get_segments(&keys).await?;
+        mget.0.push(started.elapsed());
+        if fetched.iter().flatten().count() != keys.len() {
+            return Err("anatomy: a value written a moment ago is missing".into());
+        }
+        let started = Instant::now();
+        for (key, value) in keys.iter().zip(&values) {
+            std::hint::black_box(codec::decode(key, value)?);
+        }
+        decode.0.push(started.elapsed());
+    }
+    let bytes: usize = values.iter().map(Vec::len).sum();
+    Ok(format!(
+        "L2 hit anatomy, {shape}: SHA-256 of the text ({} KB) p50 {}, MGET of {} values ({} KB) p50 {}, check and decode p50 {}",
+        docs.iter().map(String::len).sum::<usize>() / 1000,
+        micros(hash.percentile(0.5)),
+        keys.len(),
+        bytes / 1000,
+        micros(mget.percentile(0.5)),
+        micros(decode.percentile(0.5)),
+    ))
+}
+
 /// The in-process rows run on `runtime`, as the service does inside `tollgate serve`. For the
 /// gRPC rows the service gets a runtime of its own (`server`) and the calls come from `runtime`,
 /// as from another process: on one shared runtime caller and server would compete for the same
@@ -192,6 +259,7 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
     let mut rows = Vec::new();
 
     // In process.
+    let mut anatomy = Vec::new();
     for (shape, count, tokens, misses) in shapes {
         let config = TokenCacheConfig {
             key_prefix: prefix.clone(),
@@ -227,6 +295,7 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
             writer.get_context(hot.clone()).await?;
             row.l1.0.push(started.elapsed());
         }
+        anatomy.push(l2_hit_anatomy(&redis_url, &prefix, shape, &tokenizer, &variants[0]).await?);
         // L2 hits: a fresh instance (cold L1) per pass over the variants written above.
         let mut passes = 0;
         while row.l2.0.len() < hit_iterations.min(variants.len() * 8) && passes < 8 {
@@ -333,6 +402,9 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
         "\n(speed-up: miss p50 / hit p50; samples: misses {}/{} per shape, hits {hit_iterations})",
         shapes[0].3, shapes[1].3
     )?;
+    for line in &anatomy {
+        writeln!(out, "{line}")?;
+    }
     writeln!(
         out,
         "gRPC floor, GetContext of a one-word context (L1 hit): p50 {} / p99 {} ({} calls)",

@@ -126,8 +126,8 @@ enum L2Value {
     NotAsked,
     /// The Redis call failed or ran over its budget.
     Failed,
-    /// The stored value, if any, and when the lookup started (for the latency histogram).
-    Fetched(Option<Vec<u8>>, Instant),
+    /// The stored value, if any, and how long the lookup took (for the latency histogram).
+    Fetched(Option<Vec<u8>>, Duration),
 }
 
 /// A segment's tokens as cached in L1, with where its value came from when it was loaded.
@@ -520,8 +520,10 @@ impl TokenCacheService {
     }
 
     /// What L2 holds for every plan L1 lacks, in plan order, asked for in one round trip: a
-    /// context's segments cost one Redis call, not one each. A failed call is an `Error` for
-    /// each of them (the request goes on without L2).
+    /// context's segments cost one Redis call, not one each. A failed call is `Failed` for each
+    /// of them (the request goes on without L2). The read happens before single flight: requests
+    /// that miss the same segments at the same moment each read them (one tokenizes, see
+    /// `segment`), a cheap, idempotent read against a segment tokenized twice.
     async fn l2_lookup(
         &self,
         plans: &[SegmentPlan],
@@ -541,10 +543,13 @@ impl TokenCacheService {
         }
         let started = Instant::now();
         match redis.get_segments(&keys).await {
-            Ok(values) => values
-                .into_iter()
-                .map(|value| L2Value::Fetched(value, started))
-                .collect(),
+            Ok(values) => {
+                let took = started.elapsed();
+                values
+                    .into_iter()
+                    .map(|value| L2Value::Fetched(value, took))
+                    .collect()
+            }
             Err(_) => vec![L2Value::Failed; keys.len()],
         }
     }
@@ -572,7 +577,8 @@ impl TokenCacheService {
             })
             .await
             .map_err(|error| (*error).clone())?;
-        // Requests that waited for another's load got its value without asking L2 themselves.
+        // A request that waited for another's load took that load's value: its L2 outcome is the
+        // loader's, not its own (what its own read returned was not used).
         let l2 = if loaded_here.load(Ordering::Relaxed) {
             segment.l2
         } else {
@@ -592,15 +598,15 @@ impl TokenCacheService {
         let l2 = match stored {
             L2Value::NotAsked => LayerOutcome::Skipped,
             L2Value::Failed => LayerOutcome::Error,
-            L2Value::Fetched(None, started) => {
+            L2Value::Fetched(None, took) => {
                 self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-                record_lookup("l2", "miss", started);
+                record_lookup_took("l2", "miss", took);
                 LayerOutcome::Miss
             }
-            L2Value::Fetched(Some(bytes), started) => match codec::decode(&plan.key, &bytes) {
+            L2Value::Fetched(Some(bytes), took) => match codec::decode(&plan.key, &bytes) {
                 Ok(tokens) if fits(&tokens, plan) => {
                     self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
-                    record_lookup("l2", "hit", started);
+                    record_lookup_took("l2", "hit", took);
                     return Ok(self.admit(CachedSegment {
                         tokens,
                         ttl,
@@ -610,7 +616,7 @@ impl TokenCacheService {
                 Ok(_) | Err(_) => {
                     tracing::warn!(key = %hex::encode(plan.key), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
                     self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-                    record_lookup("l2", "miss", started);
+                    record_lookup_took("l2", "miss", took);
                     LayerOutcome::Miss
                 }
             },
@@ -740,8 +746,12 @@ impl TokenCacheService {
                         hashes: &hashes,
                         separator: DEFAULT_SEPARATOR,
                     };
-                    let plans = assembly.plan(tokenizer.id(), tokenizer.cut_rule());
-                    self.segments(tokenizer, &assembly, &plans, ttl).await?;
+                    // One plan at a time: a segment repeated in the tripled text is then an L1
+                    // hit the second time.
+                    for plan in assembly.plan(tokenizer.id(), tokenizer.cut_rule()) {
+                        self.segments(tokenizer, &assembly, std::slice::from_ref(&plan), ttl)
+                            .await?;
+                    }
                 }
             }
         }
@@ -825,8 +835,12 @@ fn hit_rate(hits: u64, misses: u64) -> f64 {
 }
 
 fn record_lookup(layer: &'static str, result: &'static str, started: Instant) {
+    record_lookup_took(layer, result, started.elapsed());
+}
+
+fn record_lookup_took(layer: &'static str, result: &'static str, took: Duration) {
     metrics::counter!("tollgate_token_cache_requests_total", "layer" => layer, "result" => result)
         .increment(1);
     metrics::histogram!("tollgate_token_cache_lookup_seconds", "layer" => layer, "result" => result)
-        .record(started.elapsed().as_secs_f64());
+        .record(took.as_secs_f64());
 }

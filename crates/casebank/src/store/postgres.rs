@@ -6,15 +6,17 @@
 //! inline in the heap row (`STORAGE MAIN`, migration 2): out of line, each candidate the search
 //! returns would cost a TOAST lookup to compute its similarity.
 //!
-//! Because pgvector before 0.8 filters HNSW candidates after the index scan
-//! (so a small tenant among many, or strict filters, can leave fewer than k rows), a search that
-//! comes back short is repeated as an exact scan of the tenant's rows.
+//! pgvector filters HNSW candidates after the index scan, which yields at most `ef_search` of
+//! them (pgvector 0.8's `hnsw.iterative_scan` would scan on, but it is off by default and this
+//! store does not turn it on), so a small tenant among many, or strict filters, can leave fewer
+//! than k rows: a search that comes back short is repeated as an exact scan of the tenant's rows.
 //!
 //! The `LIMIT` of every similarity search is formatted into the SQL, not bound: sqlx prepares
 //! statements, and after five executions Postgres may switch to a generic plan, which cannot see
 //! a bound limit, prices the HNSW scan as if it returned a tenth of the table and sorts a
-//! sequential scan instead (measured: Retrieve p50 4.2 ms at 10k cases against 0.9 ms for the
-//! index). The numbers are the store's own (`usize`, `u32`), never caller text.
+//! sequential scan instead (measured: Retrieve p50 4.16 ms at 10k cases, 1.48 ms with the
+//! literal; BENCHMARKS.md, "Casebank"). The numbers are the store's own (`usize`, `u32`), never
+//! caller text.
 //!
 //! The pool's acquire timeout is short (250 ms by default): when Postgres is down, searches fail
 //! fast with [`StoreError::Unavailable`] and the router routes without them.
@@ -180,7 +182,8 @@ impl PgCaseStore {
         // `dims` is formatted in so that the expression matches the partial index's. `<#>` is
         // the negated inner product, the cosine similarity of unit vectors. The limit is a
         // literal too (see the module header).
-        let limit = query.limit;
+        // Clamped: Postgres would refuse a LIMIT beyond bigint (the gRPC layer caps k at 64).
+        let limit = query.limit.min(i64::MAX as usize);
         let sql = format!(
             "SELECT {COLUMNS}, -((embedding::vector({dims})) <#> $1) AS similarity \
              FROM cases \
@@ -238,15 +241,15 @@ impl PgCaseStore {
     /// in one round trip.
     ///
     /// pgvector filters HNSW candidates after the index scan: a filtered `ORDER BY ... LIMIT k`
-    /// walks the scan's candidates (at most `ef_search` before pgvector 0.8), nearest first,
+    /// walks the scan's candidates (at most `ef_search`, see the module header), nearest first,
     /// and keeps the first k that pass. Two filtered queries would walk the same candidate list
     /// twice, at the cost of two graph searches. Here one statement scans once into a
     /// materialised candidate list (ids, rewards, similarities), picks each query's first
     /// `limit` passing candidates, and returns only those cases in full, together with the
-    /// similarity of the list's last candidate. A query that comes back short falls back to
-    /// [`Self::nearest`] (which checks with an exact scan), exactly as its own search would
-    /// have, unless the list already ran below the query's `min_similarity` (then nothing
-    /// further down can pass).
+    /// list's lowest similarity (its last candidate's, as the list is nearest first). A query
+    /// that comes back short falls back to [`Self::nearest`] (which checks with an exact scan),
+    /// exactly as its own search would have, unless the list already ran below the query's
+    /// `min_similarity` (then nothing further down can pass).
     async fn nearest_sharing_one_scan(
         &self,
         queries: &[NearestQuery],

@@ -153,6 +153,10 @@ impl RedisStore {
             })
             .await?;
         if values.len() != keys.len() {
+            // Counted as `call` counts a failed call: the answer cannot be matched to the keys.
+            metrics::counter!("tollgate_token_cache_redis_errors_total", "op" => "get")
+                .increment(1);
+            self.health.errors.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unavailable(format!(
                 "MGET of {} keys answered {} values",
                 keys.len(),
