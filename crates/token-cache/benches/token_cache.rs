@@ -205,6 +205,25 @@ async fn l2_hit_anatomy(
     ))
 }
 
+/// What a miss pays beyond plain tokenization to know where each document starts: the same
+/// text through `encode` and `encode_with_starts` (p50 of 20 each).
+fn starts_cost(shape: &str, tokenizer: &Tokenizer, text: &str) -> BenchResult<String> {
+    let (mut plain, mut with_starts) = (Samples::default(), Samples::default());
+    for _ in 0..20 {
+        let started = Instant::now();
+        std::hint::black_box(tokenizer.encode(text)?);
+        plain.0.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(tokenizer.encode_with_starts(text)?);
+        with_starts.0.push(started.elapsed());
+    }
+    Ok(format!(
+        "miss anatomy, {shape} as one text: encode p50 {}, encode with token starts p50 {}",
+        micros(plain.percentile(0.5)),
+        micros(with_starts.percentile(0.5)),
+    ))
+}
+
 /// The in-process rows run on `runtime`, as the service does inside `tollgate serve`. For the
 /// gRPC rows the service gets a runtime of its own (`server`) and the calls come from `runtime`,
 /// as from another process: on one shared runtime caller and server would compete for the same
@@ -296,6 +315,7 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
             row.l1.0.push(started.elapsed());
         }
         anatomy.push(l2_hit_anatomy(&redis_url, &prefix, shape, &tokenizer, &variants[0]).await?);
+        anatomy.push(starts_cost(shape, &tokenizer, &variants[0].join("\n\n"))?);
         // L2 hits: a fresh instance (cold L1) per pass over the variants written above.
         let mut passes = 0;
         while row.l2.0.len() < hit_iterations.min(variants.len() * 8) && passes < 8 {

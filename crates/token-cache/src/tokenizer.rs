@@ -85,7 +85,12 @@ impl CutRule {
 
 /// How a tokenizer tokenizes.
 enum Backend {
-    Tiktoken(&'static CoreBPE),
+    Tiktoken {
+        bpe: &'static CoreBPE,
+        /// Each rank's length in bytes (0 for a rank with no bytes): where each token starts in
+        /// the text without decoding every token to learn its length.
+        byte_lengths: Vec<u32>,
+    },
     HuggingFace(Box<tokenizers::Tokenizer>),
 }
 
@@ -140,7 +145,7 @@ impl Tokenizer {
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
         match &self.backend {
-            Backend::Tiktoken(bpe) => Ok(bpe.encode_ordinary(text)),
+            Backend::Tiktoken { bpe, .. } => Ok(bpe.encode_ordinary(text)),
             Backend::HuggingFace(tokenizer) => tokenizer
                 .encode(text, false)
                 .map(|encoding| encoding.get_ids().to_vec())
@@ -151,16 +156,20 @@ impl Tokenizer {
     /// The IDs and the byte offset where each token starts.
     pub fn encode_with_starts(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>), TokenizeError> {
         match &self.backend {
-            Backend::Tiktoken(bpe) => {
+            Backend::Tiktoken { bpe, byte_lengths } => {
                 let ids = bpe.encode_ordinary(text);
                 let mut starts = Vec::with_capacity(ids.len());
                 let mut offset = 0;
                 for id in &ids {
                     starts.push(offset);
                     // A token may hold part of a UTF-8 character: these are bytes.
-                    offset += bpe
-                        .decode_bytes(std::slice::from_ref(id))
-                        .map_or(0, |bytes| bytes.len());
+                    offset += match byte_lengths.get(*id as usize) {
+                        Some(length) => *length as usize,
+                        // Beyond the table (not an ordinary rank): ask the encoding itself.
+                        None => bpe
+                            .decode_bytes(std::slice::from_ref(id))
+                            .map_or(0, |bytes| bytes.len()),
+                    };
                 }
                 Ok((ids, starts))
             }
@@ -234,30 +243,36 @@ fn tiktoken(name: &str) -> Option<Arc<Tokenizer>> {
                 ),
                 _ => return None,
             };
-            let id = format!("{name}:{}", definition_hash(name, bpe, max_rank));
+            let (hash, byte_lengths) = vocabulary(name, bpe, max_rank);
             Some(Arc::new(Tokenizer {
                 name: name.to_owned(),
-                id,
+                id: format!("{name}:{hash}"),
                 kind: "tiktoken",
-                backend: Backend::Tiktoken(bpe),
+                backend: Backend::Tiktoken { bpe, byte_lengths },
                 cut_rule: Some(cut_rule),
             }))
         })
         .clone()
 }
 
-/// SHA-256 over the vocabulary (each rank's bytes) and the special tokens, first 16 hex digits.
-fn definition_hash(name: &str, bpe: &CoreBPE, max_rank: u32) -> String {
+/// One pass over the vocabulary: the definition hash (SHA-256 over each rank's bytes and the
+/// special tokens, first 16 hex digits) and each rank's length in bytes.
+fn vocabulary(name: &str, bpe: &CoreBPE, max_rank: u32) -> (String, Vec<u32>) {
     let mut hasher = Sha256::new();
     hasher.update(b"tiktoken\0");
     hasher.update(name.as_bytes());
+    let mut byte_lengths = Vec::with_capacity(max_rank as usize + 1);
     for rank in 0..=max_rank {
         match bpe.decode_bytes(&[rank]) {
             Ok(bytes) => {
                 hasher.update((bytes.len() as u32).to_le_bytes());
                 hasher.update(&bytes);
+                byte_lengths.push(bytes.len() as u32);
             }
-            Err(_) => hasher.update(u32::MAX.to_le_bytes()),
+            Err(_) => {
+                hasher.update(u32::MAX.to_le_bytes());
+                byte_lengths.push(0);
+            }
         }
     }
     let mut specials: Vec<&str> = bpe.special_tokens().into_iter().collect();
@@ -266,7 +281,7 @@ fn definition_hash(name: &str, bpe: &CoreBPE, max_rank: u32) -> String {
         hasher.update(special.as_bytes());
         hasher.update([0]);
     }
-    hex::encode(&hasher.finalize()[..8])
+    (hex::encode(&hasher.finalize()[..8]), byte_lengths)
 }
 
 /// Why a tokenizer name could not be resolved.
@@ -404,5 +419,34 @@ impl TokenizerRegistry {
                     .map(|tokenizer| (tokenizer, models))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_starts_are_byte_offsets_into_the_text() {
+        // ASCII, accents, CJK and an emoji: tokens that hold parts of a UTF-8 character.
+        let text = "Expenses, café receipts — 日本語のテキスト 🦀🦀 and\n\tcode() { x += 1; }";
+        let registry = TokenizerRegistry::builtin();
+        for (name, _) in TIKTOKEN_ENCODINGS {
+            let tokenizer = registry.resolve(name).unwrap_or_else(|_| panic!("{name}"));
+            let Backend::Tiktoken { bpe, .. } = &tokenizer.backend else {
+                panic!("{name} is not a tiktoken encoding");
+            };
+            let (ids, starts) = tokenizer
+                .encode_with_starts(text)
+                .unwrap_or_else(|_| panic!("{name} encodes"));
+            assert_eq!(ids.len(), starts.len());
+            for (index, (id, start)) in ids.iter().zip(&starts).enumerate() {
+                let bytes = bpe
+                    .decode_bytes(std::slice::from_ref(id))
+                    .unwrap_or_else(|_| panic!("{name}: rank {id} decodes"));
+                let end = starts.get(index + 1).copied().unwrap_or(text.len());
+                assert_eq!(&text.as_bytes()[*start..end], bytes.as_slice(), "{name}");
+            }
+        }
     }
 }
