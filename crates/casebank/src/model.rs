@@ -123,6 +123,16 @@ impl RewardFilter {
             (_, None) => false,
         }
     }
+
+    /// The filter as SQL bounds `(reward >= at_least, reward < below)`; `None` is no bound. A
+    /// bound excludes unrewarded cases (NULL fails the comparison), as [`Self::accepts`] does.
+    pub fn bounds(self) -> (Option<f64>, Option<f64>) {
+        match self {
+            RewardFilter::Any => (None, None),
+            RewardFilter::AtLeast(bound) => (Some(bound), None),
+            RewardFilter::Below(bound) => (None, Some(bound)),
+        }
+    }
 }
 
 /// A k-nearest search inside one tenant, among cases of one embedder.

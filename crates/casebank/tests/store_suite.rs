@@ -62,6 +62,16 @@ fn query(tenant: &str, task: &str, limit: usize, reward: RewardFilter) -> Neares
     }
 }
 
+/// Retrieve's two k=4 queries for `task`: reward at least 0.6, and below it.
+fn positives_and_negatives(tenant: &str, task: &str) -> (NearestQuery, NearestQuery) {
+    let positives = query(tenant, task, 4, RewardFilter::AtLeast(0.6));
+    let negatives = NearestQuery {
+        reward: RewardFilter::Below(0.6),
+        ..positives.clone()
+    };
+    (positives, negatives)
+}
+
 fn ids(found: &[tollgate_casebank::model::ScoredCase]) -> Vec<&str> {
     found.iter().map(|scored| scored.case.id.as_str()).collect()
 }
@@ -460,16 +470,8 @@ async fn many_cases_find_the_exact_neighbours(store: &dyn CaseStore) -> TestResu
     assert_eq!(found.len(), 4);
     // Positives and negatives from one shared scan (Retrieve): the small tenant's answer is
     // short, so it must be checked beyond the index's candidates too.
-    let positives = query(
-        "small",
-        "big tenant task number 5 about topic 5",
-        4,
-        RewardFilter::AtLeast(0.6),
-    );
-    let negatives = NearestQuery {
-        reward: RewardFilter::Below(0.6),
-        ..positives.clone()
-    };
+    let (positives, negatives) =
+        positives_and_negatives("small", "big tenant task number 5 about topic 5");
     let answers = store.nearest_each(&[positives, negatives]).await?;
     assert_eq!(answers.len(), 2);
     assert_eq!(
@@ -480,16 +482,8 @@ async fn many_cases_find_the_exact_neighbours(store: &dyn CaseStore) -> TestResu
     assert!(answers[1].is_empty(), "the small tenant has no negatives");
     // In the big tenant the shared scan answers both from one candidate list: the same cases
     // as each query asked on its own, with unrewarded cases in neither.
-    let positives = query(
-        "big",
-        "big tenant task number 8 about topic 8",
-        4,
-        RewardFilter::AtLeast(0.6),
-    );
-    let negatives = NearestQuery {
-        reward: RewardFilter::Below(0.6),
-        ..positives.clone()
-    };
+    let (positives, negatives) =
+        positives_and_negatives("big", "big tenant task number 8 about topic 8");
     let shared = store
         .nearest_each(&[positives.clone(), negatives.clone()])
         .await?;

@@ -32,7 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use tollgate_kit::money::Usd;
 
 use super::{CaseStore, StoreError, StoreResult};
-use crate::model::{Case, CaseAction, CaseStats, NearestQuery, RewardFilter, ScoredCase, Tier};
+use crate::model::{Case, CaseAction, CaseStats, NearestQuery, ScoredCase, Tier};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -174,11 +174,7 @@ impl PgCaseStore {
 
     async fn search(&self, query: &NearestQuery, exact: bool) -> StoreResult<Vec<ScoredCase>> {
         let dims = query.embedding.len();
-        let (at_least, below) = match query.reward {
-            RewardFilter::Any => (None, None),
-            RewardFilter::AtLeast(bound) => (Some(bound), None),
-            RewardFilter::Below(bound) => (None, Some(bound)),
-        };
+        let (at_least, below) = query.reward.bounds();
         // `dims` is formatted in so that the expression matches the partial index's. `<#>` is
         // the negated inner product, the cosine similarity of unit vectors. The limit is a
         // literal too (see the module header).
@@ -262,18 +258,12 @@ impl PgCaseStore {
             return Ok(vec![Vec::new(); queries.len()]);
         }
         self.ensure_index(dims).await;
-        // Each query's reward filter as SQL bounds: `AtLeast(b)` is `reward >= b`, `Below(b)`
-        // is `reward < b` (both exclude unrewarded cases, as `RewardFilter::accepts` does),
-        // `Any` is neither.
+        // Each query's reward filter as SQL bounds (`crate::model::RewardFilter::bounds`).
         let mut at_least = Vec::with_capacity(queries.len());
         let mut below = Vec::with_capacity(queries.len());
         let mut takes = Vec::with_capacity(queries.len());
         for query in queries {
-            let (low, high) = match query.reward {
-                RewardFilter::Any => (None, None),
-                RewardFilter::AtLeast(bound) => (Some(bound), None),
-                RewardFilter::Below(bound) => (None, Some(bound)),
-            };
+            let (low, high) = query.reward.bounds();
             at_least.push(low);
             below.push(high);
             takes.push(i64::try_from(query.limit).unwrap_or(i64::MAX));
@@ -302,9 +292,8 @@ impl PgCaseStore {
                    AND (q.below IS NULL OR candidate_reward < q.below) \
                  ORDER BY similarity DESC \
                  LIMIT q.take) AS picked), \
-             bounds AS ( \
-               SELECT count(*) AS scanned, min(similarity) AS least_similarity FROM candidates) \
-             SELECT bounds.scanned, bounds.least_similarity, chosen.similarity, {COLUMNS} \
+             bounds AS (SELECT min(similarity) AS least_similarity FROM candidates) \
+             SELECT bounds.least_similarity, chosen.similarity, {COLUMNS} \
              FROM bounds \
              LEFT JOIN (chosen JOIN cases ON cases.tenant = $2 AND cases.id = chosen.candidate_id) \
                ON true \
@@ -321,15 +310,16 @@ impl PgCaseStore {
             .bind(&takes)
             .fetch_all(&self.pool)
             .await?;
-        let mut least_similar_opt = None;
+        // NULL when the scan found no candidate; the same on every row.
+        let least_similar_opt = match rows.first() {
+            Some(row) => row
+                .try_get::<Option<f64>, _>("least_similarity")?
+                .map(|least| least.clamp(-1.0, 1.0)),
+            None => None,
+        };
         let mut chosen = Vec::with_capacity(rows.len());
         for row in &rows {
-            let scanned: i64 = row.try_get("scanned")?;
-            if scanned > 0 {
-                let least: f64 = row.try_get("least_similarity")?;
-                least_similar_opt = Some(least.clamp(-1.0, 1.0));
-            }
-            let similarity_opt: Option<f64> = row.try_get(2)?;
+            let similarity_opt: Option<f64> = row.try_get(1)?;
             if let Some(similarity) = similarity_opt {
                 chosen.push(ScoredCase {
                     case: std::sync::Arc::new(decode(row)?),

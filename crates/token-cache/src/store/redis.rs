@@ -131,35 +131,35 @@ impl RedisStore {
         format!("{}docs:{}:{collection}", self.prefix, collection.len())
     }
 
-    pub async fn get_segment(&self, key: &Digest32) -> StoreResult<Option<Vec<u8>>> {
-        let mut values = self.get_segments(std::slice::from_ref(key)).await?;
-        Ok(values.pop().flatten())
-    }
-
     /// The stored values of several segments, in order, in one round trip (one MGET): a
     /// context's segments that L1 lacks are asked for together.
     pub async fn get_segments(&self, keys: &[Digest32]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        self.mget(keys.iter().map(|key| self.segment_key(key)).collect())
+            .await
+    }
+
+    /// One MGET: the values of `keys`, in order (empty keys ask nothing).
+    async fn mget(&self, keys: Vec<String>) -> StoreResult<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let wanted = keys.len();
         let mut connection = self.manager.clone();
-        let redis_keys: Vec<String> = keys.iter().map(|key| self.segment_key(key)).collect();
         let values = self
             .call("get", async move {
                 redis::cmd("MGET")
-                    .arg(redis_keys)
+                    .arg(keys)
                     .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
                     .await
             })
             .await?;
-        if values.len() != keys.len() {
+        if values.len() != wanted {
             // Counted as `call` counts a failed call: the answer cannot be matched to the keys.
             metrics::counter!("tollgate_token_cache_redis_errors_total", "op" => "get")
                 .increment(1);
             self.health.errors.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unavailable(format!(
-                "MGET of {} keys answered {} values",
-                keys.len(),
+                "MGET of {wanted} keys answered {} values",
                 values.len()
             )));
         }
@@ -252,22 +252,11 @@ impl DocumentStore for RedisStore {
         collection: &str,
         ids: &[String],
     ) -> StoreResult<Vec<Option<StoredDocument>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = ids
             .iter()
             .map(|id| self.document_key(collection, id))
             .collect();
-        let mut connection = self.manager.clone();
-        let raw: Vec<Option<Vec<u8>>> = self
-            .call("get", async move {
-                redis::cmd("MGET")
-                    .arg(keys)
-                    .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
-                    .await
-            })
-            .await?;
+        let raw = self.mget(keys).await?;
         Ok(raw
             .into_iter()
             .map(|value| value.as_deref().and_then(decode_document))
@@ -375,7 +364,7 @@ mod tests {
             Duration::from_millis(20),
         )
         .unwrap();
-        assert!(store.get_segment(&[0; 32]).await.is_err());
+        assert!(store.get_segments(&[[0; 32]]).await.is_err());
         assert!(!store.health().available.load(Ordering::Relaxed));
         assert_eq!(store.health().errors.load(Ordering::Relaxed), 1);
     }
