@@ -214,6 +214,13 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(port: u16) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(
+        port: u16,
+        extra_args: &[&str],
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -225,6 +232,7 @@ impl OwnRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra_args)
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server must be installed for this test: {e}"))?;
@@ -284,7 +292,10 @@ async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
 
     let mut redis = OwnRedis::start(port)?;
     redis.wait_ready().await?;
-    // The connection manager reconnects by itself; each attempt is bounded by the time budget.
+    // Both kinds of connection reconnect by themselves, each attempt bounded by the time budget.
+    // The reads' pool opens a new connection at once; the writes' connection manager finds its
+    // connection dead on its first write after the restart (that write is lost and counted) and
+    // reconnects: recovered means a request that misses L2 and stores its segment there.
     let mut recovered = false;
     for attempt in 0..100 {
         let context = service
@@ -293,7 +304,7 @@ async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
                 &[&format!("After the outage, attempt {attempt}.")],
             ))
             .await?;
-        if l2(&context) == vec![LayerOutcome::Miss] {
+        if l2(&context) == vec![LayerOutcome::Miss] && service.stats().await.l2.available {
             recovered = true;
             break;
         }
@@ -302,6 +313,52 @@ async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
     assert!(recovered, "L2 came back without a restart");
     assert!(service.stats().await.l2.available);
     redis.stop();
+    Ok(())
+}
+
+fn free_port() -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The password and database number of the URL reach both kinds of connection: the one that
+/// writes (redis-rs) and the ones that read on the request path (`DirectMget`). A second
+/// instance reading what the first wrote proves they meet in the same database.
+#[tokio::test]
+async fn password_and_database_of_the_url_apply_to_reads_and_writes() -> TestResult {
+    let port = free_port()?;
+    let redis = OwnRedis::start_with(port, &["--requirepass", "s3cret"])?;
+    redis.wait_ready().await?;
+    let url = format!("redis://:s3cret@127.0.0.1:{port}/3");
+    let text = "Behind a password, in database three.";
+    let writer = TokenCacheService::new(config("auth:"), Some(&url))?;
+    assert_eq!(
+        l2(&writer.get_context(request("kb", &[text])).await?),
+        vec![LayerOutcome::Miss]
+    );
+    let reader = TokenCacheService::new(config("auth:"), Some(&url))?;
+    let context = reader.get_context(request("kb", &[text])).await?;
+    assert_eq!(l2(&context), vec![LayerOutcome::Hit]);
+    assert_eq!(context.token_ids, fresh(text));
+    assert_eq!(reader.stats().await.l2.errors, 0);
+
+    // The same keys in database 0 are not there.
+    let other_database = format!("redis://:s3cret@127.0.0.1:{port}/0");
+    let elsewhere = TokenCacheService::new(config("auth:"), Some(&other_database))?;
+    assert_eq!(
+        l2(&elsewhere.get_context(request("kb", &[text])).await?),
+        vec![LayerOutcome::Miss]
+    );
+
+    // A wrong password: the request still succeeds, without L2, and the error is counted.
+    let wrong = TokenCacheService::new(
+        config("auth:"),
+        Some(&format!("redis://:wrong@127.0.0.1:{port}/3")),
+    )?;
+    let context = wrong.get_context(request("kb", &[text])).await?;
+    assert_eq!(context.token_ids, fresh(text));
+    assert_eq!(l2(&context), vec![LayerOutcome::Error]);
+    assert!(wrong.stats().await.l2.errors >= 1);
     Ok(())
 }
 

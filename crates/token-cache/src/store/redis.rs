@@ -1,15 +1,16 @@
 //! Redis: the shared L2 of token segments and the registered documents of every collection.
 //!
 //! One `ConnectionManager` per service (a multiplexed connection that reconnects by itself, with
-//! TCP_NODELAY); every call is bounded by the configured time budget (20 ms by default) with a
+//! TCP_NODELAY) for writes and the rare reads; the MGETs on the request path (segments, registered
+//! documents) go through [`DirectMget`], connections read on the caller's own task. Every call is bounded by the configured time budget (20 ms by default) with a
 //! tokio timeout, counted in `tollgate_token_cache_redis_calls_total{op}` and, when it fails or runs
 //! over, in `tollgate_token_cache_redis_errors_total{op}`. The connection is lazy, so the service
 //! starts even when Redis is down and recovers on its own when Redis comes back.
 //!
 //! Keys (`P` is `token_cache.key_prefix`; collection names are length-prefixed so that no
 //! collection/id pair can collide with another):
-//! - `P seg:<hex sha256>`: a segment's tokens in the format of [`crate::codec`], with the TTL of the
-//!   collection that wrote it;
+//! - `P seg:v<format version>:<hex sha256>`: a segment's tokens in the format of [`crate::codec`],
+//!   with the TTL of the collection that wrote it;
 //! - `P doc:<len>:<collection>:<id>`: a registered document, `sha256(text) || text`;
 //! - `P docs:<len>:<collection>`: the set of registered ids of a collection, for Clear.
 
@@ -21,12 +22,15 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError};
 
+use super::direct_mget::DirectMget;
 use super::{DocumentStore, StoreError, StoreResult, StoredDocument};
 use crate::keys::Digest32;
 
 #[derive(Clone)]
 pub struct RedisStore {
     manager: ConnectionManager,
+    /// None when Redis is not plain TCP (TLS, a Unix socket): MGETs then use `manager`.
+    direct: Option<Arc<DirectMget>>,
     prefix: Arc<str>,
     timeout: Duration,
     health: Arc<RedisHealth>,
@@ -55,6 +59,7 @@ impl RedisStore {
         let info = url
             .into_connection_info()?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let direct = DirectMget::for_connection(&info).map(Arc::new);
         let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
@@ -64,6 +69,7 @@ impl RedisStore {
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             manager,
+            direct,
             prefix: Arc::from(prefix),
             timeout,
             health: Arc::new(RedisHealth {
@@ -93,9 +99,10 @@ impl RedisStore {
     }
 
     /// Runs one Redis call within the time budget, counting it and its failure.
-    async fn call<T, F>(&self, op: &'static str, call: F) -> StoreResult<T>
+    async fn call<T, E, F>(&self, op: &'static str, call: F) -> StoreResult<T>
     where
-        F: Future<Output = Result<T, RedisError>>,
+        E: std::fmt::Display,
+        F: Future<Output = Result<T, E>>,
     {
         metrics::counter!("tollgate_token_cache_redis_calls_total", "op" => op).increment(1);
         let outcome = match tokio::time::timeout(self.timeout, call).await {
@@ -119,8 +126,15 @@ impl RedisStore {
         }
     }
 
+    /// The value format's version is part of the key: replicas of two versions (a rollout) each
+    /// keep their own values rather than overwrite the other's as corrupted.
     fn segment_key(&self, key: &Digest32) -> String {
-        format!("{}seg:{}", self.prefix, hex::encode(key))
+        format!(
+            "{}seg:v{}:{}",
+            self.prefix,
+            crate::codec::FORMAT_VERSION,
+            hex::encode(key)
+        )
     }
 
     fn document_key(&self, collection: &str, id: &str) -> String {
@@ -144,15 +158,19 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let wanted = keys.len();
-        let mut connection = self.manager.clone();
-        let values = self
-            .call("get", async move {
-                redis::cmd("MGET")
-                    .arg(keys)
-                    .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
-                    .await
-            })
-            .await?;
+        let values = match &self.direct {
+            Some(direct) => self.call("get", direct.mget(&keys)).await?,
+            None => {
+                let mut connection = self.manager.clone();
+                self.call("get", async move {
+                    redis::cmd("MGET")
+                        .arg(keys)
+                        .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
+                        .await
+                })
+                .await?
+            }
+        };
         if values.len() != wanted {
             // Counted as `call` counts a failed call: the answer cannot be matched to the keys.
             metrics::counter!("tollgate_token_cache_redis_errors_total", "op" => "get")
