@@ -241,6 +241,23 @@ fn main() -> BenchResult {
     runtime.block_on(run(server.handle().clone()))
 }
 
+/// A plain tonic server on the `server` runtime serving only grpc.health.v1 (no tollgate code: no
+/// layers, no codec of ours), with TCP_NODELAY: the floor of any unary call through tonic here.
+async fn start_bare_tonic(server: &tokio::runtime::Handle) -> BenchResult<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    server.spawn(async move {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let _ = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Ok(addr)
+}
+
 /// Starts a token-cache service on the `server` runtime.
 async fn start_service(
     server: &tokio::runtime::Handle,
@@ -332,6 +349,14 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
 
     // Through gRPC: one service on 127.0.0.1:0 with Redis, a real client.
     let mut floor = Samples::default();
+    let mut bare_floor = Samples::default();
+    let bare_addr = start_bare_tonic(&server).await?;
+    let mut bare_health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{bare_addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    );
     for (shape, count, tokens, misses) in shapes {
         let mut config = Config::default();
         config.storage.redis_url = Some(redis_url.clone());
@@ -363,12 +388,19 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
             client.get_context(variants[0].clone()).await?;
             row.l1.0.push(started.elapsed());
         }
-        // The floor under an L1 hit through gRPC: the same call for a one-word context.
+        // The floor under an L1 hit through gRPC: the same call for a one-word context, and
+        // tonic's own floor (a health check of a bare tonic server), interleaved call by call so
+        // that both see the same moment of a noisy machine.
         let tiny = grpc_request(&["floor".to_owned()]);
         for _ in 0..hit_iterations {
             let started = Instant::now();
             client.get_context(tiny.clone()).await?;
             floor.0.push(started.elapsed());
+            let started = Instant::now();
+            bare_health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await?;
+            bare_floor.0.push(started.elapsed());
         }
         stop_service(&server, gateway).await?;
         let mut passes = 0;
@@ -427,10 +459,12 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
     }
     writeln!(
         out,
-        "gRPC floor, GetContext of a one-word context (L1 hit): p50 {} / p99 {} ({} calls)",
+        "gRPC floor, GetContext of a one-word context (L1 hit): p50 {} / p99 {} ({} calls); interleaved with it, Health/Check of a bare tonic server (no tollgate code): p50 {} / p99 {}",
         micros(floor.percentile(0.5)),
         micros(floor.percentile(0.99)),
-        floor.0.len()
+        floor.0.len(),
+        micros(bare_floor.percentile(0.5)),
+        micros(bare_floor.percentile(0.99)),
     )?;
 
     // Bytes per token of the stored values.
