@@ -244,16 +244,21 @@ fn main() -> BenchResult {
 /// A plain tonic server on the `server` runtime serving only grpc.health.v1 (no tollgate code: no
 /// layers, no codec of ours), with TCP_NODELAY: the floor of any unary call through tonic here.
 async fn start_bare_tonic(server: &tokio::runtime::Handle) -> BenchResult<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = server
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await??;
     let addr = listener.local_addr()?;
     server.spawn(async move {
         let (_reporter, health) = tonic_health::server::health_reporter();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = tonic::transport::Server::builder()
+        if let Err(error) = tonic::transport::Server::builder()
             .add_service(health)
             .serve_with_incoming(incoming)
-            .await;
+            .await
+        {
+            tracing::error!(%error, "the bare tonic server of the benchmark stopped");
+        }
     });
     Ok(addr)
 }

@@ -8,7 +8,7 @@
 //!
 //! The shared test suite for this trait is [`tests::document_store_suite`], run against both backends.
 
-pub mod direct_mget;
+pub(crate) mod direct_mget;
 pub mod memory;
 pub mod redis;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tollgate_token_cache::TokenCacheConfig;
 use tollgate_token_cache::keys::{Part, content_hash, segment_key};
 use tollgate_token_cache::service::{
-    Context, ContextRequest, DocumentInput, LayerOutcome, TokenCacheService,
+    Context, ContextRequest, DocumentInput, LayerOutcome, PutRequest, TokenCacheService,
 };
 use tollgate_token_cache::tokenizer::TokenizerRegistry;
 
@@ -266,10 +266,7 @@ impl Drop for OwnRedis {
 
 #[tokio::test]
 async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.port()
-    };
+    let port = free_port()?;
     let mut redis = OwnRedis::start(port)?;
     redis.wait_ready().await?;
     let url = format!("redis://127.0.0.1:{port}");
@@ -292,10 +289,9 @@ async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
 
     let mut redis = OwnRedis::start(port)?;
     redis.wait_ready().await?;
-    // Both kinds of connection reconnect by themselves, each attempt bounded by the time budget.
-    // The reads' pool opens a new connection at once; the writes' connection manager finds its
-    // connection dead on its first write after the restart (that write is lost and counted) and
-    // reconnects: recovered means a request that misses L2 and stores its segment there.
+    // Both kinds of connection reconnect by themselves, each attempt bounded by the time budget:
+    // the reads' pool opens a new connection, and a write that finds the connection manager's
+    // connection dead is sent again on the new one.
     let mut recovered = false;
     for attempt in 0..100 {
         let context = service
@@ -304,15 +300,80 @@ async fn redis_stopped_mid_test_then_back_recovers_on_its_own() -> TestResult {
                 &[&format!("After the outage, attempt {attempt}.")],
             ))
             .await?;
-        if l2(&context) == vec![LayerOutcome::Miss] && service.stats().await.l2.available {
+        if l2(&context) == vec![LayerOutcome::Miss] {
             recovered = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "L2 came back without a restart");
-    assert!(service.stats().await.l2.available);
+    assert!(
+        service.stats().await.l2.available,
+        "the first request that reached Redis again also stored its segment"
+    );
     redis.stop();
+    Ok(())
+}
+
+fn put_request(collection: &str, id: &str, text: &str) -> PutRequest {
+    PutRequest {
+        collection: collection.into(),
+        documents: vec![(id.into(), text.into())],
+        tokenizers: Vec::new(),
+        ttl: None,
+    }
+}
+
+/// Redis closes every client connection (as a restart, a failover or an idle timeout does)
+/// while the service has a pooled read connection and a connection manager: the next read, the
+/// next segment write and the next document write all succeed, and no error is counted.
+#[tokio::test]
+async fn connections_closed_by_redis_are_replaced_without_a_failed_call() -> TestResult {
+    let port = free_port()?;
+    let redis = OwnRedis::start(port)?;
+    redis.wait_ready().await?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let service = TokenCacheService::new(config("killed:"), Some(&url))?;
+    let writer = TokenCacheService::new(config("killed:"), Some(&url))?;
+    writer
+        .get_context(request("kb", &["Written before the kill."]))
+        .await?;
+    service
+        .put_documents(put_request("kb", "a", "alpha"))
+        .await?;
+    let first = service
+        .get_context(request("kb", &["Read before the kill."]))
+        .await?;
+    assert_eq!(l2(&first), vec![LayerOutcome::Miss]);
+
+    let mut admin = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query_async(&mut admin)
+        .await?;
+    assert!(
+        killed >= 2,
+        "the service's read and write connections ({killed})"
+    );
+
+    // A pooled read connection, now closed: retried on a new one.
+    let hit = service
+        .get_context(request("kb", &["Written before the kill."]))
+        .await?;
+    assert_eq!(l2(&hit), vec![LayerOutcome::Hit]);
+    // A miss writes its segment through the connection manager, whose connection was closed.
+    let miss = service
+        .get_context(request("kb", &["Written after the kill."]))
+        .await?;
+    assert_eq!(l2(&miss), vec![LayerOutcome::Miss]);
+    service
+        .put_documents(put_request("kb", "b", "beta"))
+        .await?;
+    let stats = service.stats().await;
+    assert_eq!(stats.l2.errors, 0);
+    assert!(stats.l2.available);
     Ok(())
 }
 

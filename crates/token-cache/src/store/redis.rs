@@ -1,11 +1,17 @@
 //! Redis: the shared L2 of token segments and the registered documents of every collection.
 //!
-//! One `ConnectionManager` per service (a multiplexed connection that reconnects by itself, with
-//! TCP_NODELAY) for writes and the rare reads; the MGETs on the request path (segments, registered
-//! documents) go through [`DirectMget`], connections read on the caller's own task. Every call is bounded by the configured time budget (20 ms by default) with a
-//! tokio timeout, counted in `tollgate_token_cache_redis_calls_total{op}` and, when it fails or runs
-//! over, in `tollgate_token_cache_redis_errors_total{op}`. The connection is lazy, so the service
-//! starts even when Redis is down and recovers on its own when Redis comes back.
+//! Two kinds of connection, both with TCP_NODELAY and both connected lazily (the service starts
+//! even when Redis is down, and recovers on its own when Redis comes back):
+//! - the MGETs on the request path (segments, registered documents) go through [`DirectMget`]:
+//!   pooled connections that the calling task writes and reads itself;
+//! - everything else (writes, Clear's SMEMBERS) through one redis-rs `ConnectionManager`, a
+//!   multiplexed connection that reconnects by itself after a failed command. A write that fails
+//!   because that connection had dropped (Redis restarted while only reads ran) is sent once more,
+//!   on the new connection: every write here is idempotent.
+//!
+//! Every call is bounded by the configured time budget (20 ms by default) with a tokio timeout,
+//! counted in `tollgate_token_cache_redis_calls_total{op}` and, when it fails or runs over, in
+//! `tollgate_token_cache_redis_errors_total{op}`.
 //!
 //! Keys (`P` is `token_cache.key_prefix`; collection names are length-prefixed so that no
 //! collection/id pair can collide with another):
@@ -22,7 +28,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError};
 
-use super::direct_mget::DirectMget;
+use super::direct_mget::{DirectMget, MgetError};
 use super::{DocumentStore, StoreError, StoreResult, StoredDocument};
 use crate::keys::Digest32;
 
@@ -59,7 +65,7 @@ impl RedisStore {
         let info = url
             .into_connection_info()?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let direct = DirectMget::for_connection(&info).map(Arc::new);
+        let direct = DirectMget::for_connection(&info, timeout).map(Arc::new);
         let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
@@ -92,6 +98,15 @@ impl RedisStore {
             }
             Err(_) => tracing::warn!("redis did not answer at start; going on without it"),
         }
+        if let Some(direct) = &self.direct {
+            match tokio::time::timeout(Duration::from_secs(2), direct.warm()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "redis reads: no connection at start; going on without it")
+                }
+                Err(_) => tracing::warn!("redis reads: no connection within 2 s at start"),
+            }
+        }
     }
 
     pub fn health(&self) -> &RedisHealth {
@@ -99,6 +114,26 @@ impl RedisStore {
     }
 
     /// Runs one Redis call within the time budget, counting it and its failure.
+    /// A command on the connection manager, sent once more if it failed because the connection
+    /// had dropped (the manager then reconnects, and the second attempt waits for that). Only
+    /// for idempotent commands.
+    async fn manager_call<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> StoreResult<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.call(op, async {
+            match attempt(self.manager.clone()).await {
+                Err(error) if error.is_connection_dropped() => {
+                    tracing::debug!(op, %error, "redis connection had dropped; sending again");
+                    attempt(self.manager.clone()).await
+                }
+                outcome => outcome,
+            }
+        })
+        .await
+    }
+
     async fn call<T, E, F>(&self, op: &'static str, call: F) -> StoreResult<T>
     where
         E: std::fmt::Display,
@@ -158,19 +193,23 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let wanted = keys.len();
-        let values = match &self.direct {
-            Some(direct) => self.call("get", direct.mget(&keys)).await?,
-            None => {
+        let values = self
+            .call("get", async {
+                if let Some(direct) = &self.direct {
+                    match direct.mget(&keys).await {
+                        Err(MgetError::Saturated) => {}
+                        outcome => return outcome.map_err(|error| error.to_string()),
+                    }
+                }
+                // No direct connections (TLS, a Unix socket) or all of them busy.
                 let mut connection = self.manager.clone();
-                self.call("get", async move {
-                    redis::cmd("MGET")
-                        .arg(keys)
-                        .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
-                        .await
-                })
-                .await?
-            }
-        };
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
+                    .await
+                    .map_err(|error| error.to_string())
+            })
+            .await?;
         if values.len() != wanted {
             // Counted as `call` counts a failed call: the answer cannot be matched to the keys.
             metrics::counter!("tollgate_token_cache_redis_errors_total", "op" => "get")
@@ -190,16 +229,16 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let mut connection = self.manager.clone();
         let redis_key = self.segment_key(key);
-        self.call("set", async move {
-            redis::cmd("SET")
-                .arg(redis_key)
+        let ttl_secs = ttl.as_secs().max(1);
+        self.manager_call("set", |mut connection| {
+            let command = redis::cmd("SET")
+                .arg(&redis_key)
                 .arg(value)
                 .arg("EX")
-                .arg(ttl.as_secs().max(1))
-                .query_async::<()>(&mut connection)
-                .await
+                .arg(ttl_secs)
+                .clone();
+            async move { command.query_async::<()>(&mut connection).await }
         })
         .await
     }
@@ -258,9 +297,9 @@ impl DocumentStore for RedisStore {
             .arg(ttl_secs)
             .arg("GT")
             .ignore();
-        let mut connection = self.manager.clone();
-        self.call("set", async move {
-            pipe.query_async::<()>(&mut connection).await
+        self.manager_call("set", |mut connection| {
+            let pipe = pipe.clone();
+            async move { pipe.query_async::<()>(&mut connection).await }
         })
         .await
     }
@@ -298,26 +337,23 @@ impl DocumentStore for RedisStore {
             .arg(index)
             .arg(ids)
             .ignore();
-        let mut connection = self.manager.clone();
+        // A second attempt (after a dropped connection) may count fewer removals than there
+        // were, when the first was carried out but its answer lost; the removal itself is exact.
         let (removed,): (u64,) = self
-            .call(
-                "del",
-                async move { pipe.query_async(&mut connection).await },
-            )
+            .manager_call("del", |mut connection| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut connection).await }
+            })
             .await?;
         Ok(removed)
     }
 
     async fn clear(&self, collection: &str) -> StoreResult<u64> {
         let index = self.index_key(collection);
-        let mut connection = self.manager.clone();
-        let index_for_read = index.clone();
         let ids: Vec<String> = self
-            .call("get", async move {
-                redis::cmd("SMEMBERS")
-                    .arg(index_for_read)
-                    .query_async(&mut connection)
-                    .await
+            .manager_call("get", |mut connection| {
+                let command = redis::cmd("SMEMBERS").arg(&index).clone();
+                async move { command.query_async(&mut connection).await }
             })
             .await?;
         let mut keys: Vec<String> = ids
@@ -326,7 +362,6 @@ impl DocumentStore for RedisStore {
             .collect();
         let documents = keys.len();
         keys.push(index);
-        let mut connection = self.manager.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
         // One DEL for the documents (its count is the answer), one for the index.
@@ -335,10 +370,10 @@ impl DocumentStore for RedisStore {
         }
         pipe.cmd("DEL").arg(&keys[documents..]).ignore();
         let removed: Vec<u64> = self
-            .call(
-                "del",
-                async move { pipe.query_async(&mut connection).await },
-            )
+            .manager_call("del", |mut connection| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut connection).await }
+            })
             .await?;
         Ok(removed.first().copied().unwrap_or(0))
     }
