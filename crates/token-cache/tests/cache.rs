@@ -423,6 +423,32 @@ async fn password_and_database_of_the_url_apply_to_reads_and_writes() -> TestRes
     Ok(())
 }
 
+/// A username (Redis ACL) in the URL: AUTH with both, on both kinds of connection.
+#[tokio::test]
+async fn an_acl_user_of_the_url_applies_to_reads_and_writes() -> TestResult {
+    let port = free_port()?;
+    let redis = OwnRedis::start_with(
+        port,
+        &["--user", "cache", "on", ">acl-secret", "~*", "&*", "+@all"],
+    )?;
+    redis.wait_ready().await?;
+    let url = format!("redis://cache:acl-secret@127.0.0.1:{port}/1");
+    let text = "Read and written as an ACL user.";
+    let writer = TokenCacheService::new(config("acl:"), Some(&url))?;
+    assert_eq!(
+        l2(&writer.get_context(request("kb", &[text])).await?),
+        vec![LayerOutcome::Miss]
+    );
+    let reader = TokenCacheService::new(config("acl:"), Some(&url))?;
+    assert_eq!(
+        l2(&reader.get_context(request("kb", &[text])).await?),
+        vec![LayerOutcome::Hit]
+    );
+    assert_eq!(writer.stats().await.l2.errors, 0);
+    assert_eq!(reader.stats().await.l2.errors, 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_redis_that_never_answers_costs_one_budget_and_the_request_succeeds() -> TestResult {
     // Accepts connections and never replies: the worst kind of slow.
