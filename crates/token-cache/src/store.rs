@@ -6,7 +6,7 @@
 //! on each request (one MGET, pipelined), never from a process-local copy: an Invalidate or Clear
 //! on any replica is therefore seen by every replica on its very next request.
 //!
-//! The shared test suite for this trait is [`tests::document_store_suite`], run against both backends.
+//! The shared test suite for this trait is `tests::document_store_suite`, run against both backends.
 
 pub(crate) mod direct_mget;
 pub mod memory;

@@ -2,7 +2,7 @@
 //!
 //! Two kinds of connection, both with TCP_NODELAY and both connected lazily (the service starts
 //! even when Redis is down, and recovers on its own when Redis comes back):
-//! - the MGETs on the request path (segments, registered documents) go through [`DirectMget`]:
+//! - the MGETs on the request path (segments, registered documents) go through `DirectMget`:
 //!   pooled connections that the calling task writes and reads itself;
 //! - everything else (writes, Clear's SMEMBERS) through one redis-rs `ConnectionManager`, a
 //!   multiplexed connection that reconnects by itself after a failed command. A write that fails
@@ -113,7 +113,6 @@ impl RedisStore {
         &self.health
     }
 
-    /// Runs one Redis call within the time budget, counting it and its failure.
     /// A command on the connection manager, sent once more if it failed because the connection
     /// had dropped (the manager then reconnects, and the second attempt waits for that). Only
     /// for idempotent commands.
@@ -134,6 +133,7 @@ impl RedisStore {
         .await
     }
 
+    /// Runs one Redis call within the time budget, counting it and its failure.
     async fn call<T, E, F>(&self, op: &'static str, call: F) -> StoreResult<T>
     where
         E: std::fmt::Display,
