@@ -185,10 +185,7 @@ async fn a_corrupted_value_is_a_miss_and_is_overwritten() -> TestResult {
 
 #[tokio::test]
 async fn unreachable_redis_still_answers_and_counts_errors() -> TestResult {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.port()
-    };
+    let port = free_port()?;
     let service = TokenCacheService::new(
         default_budget("unreachable:"),
         Some(&format!("redis://127.0.0.1:{port}")),
@@ -382,6 +379,28 @@ fn free_port() -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     Ok(listener.local_addr()?.port())
 }
 
+/// One instance misses `text` and writes it to the Redis of `url`; a second instance then hits it
+/// there (its L1 is cold) with the right tokens, and neither counts a Redis error: the writes'
+/// connection and the reads' connections meet in the same database as the same user.
+async fn written_by_one_instance_read_by_another(
+    url: &str,
+    prefix: &str,
+    text: &str,
+) -> TestResult {
+    let writer = TokenCacheService::new(config(prefix), Some(url))?;
+    assert_eq!(
+        l2(&writer.get_context(request("kb", &[text])).await?),
+        vec![LayerOutcome::Miss]
+    );
+    let reader = TokenCacheService::new(config(prefix), Some(url))?;
+    let context = reader.get_context(request("kb", &[text])).await?;
+    assert_eq!(l2(&context), vec![LayerOutcome::Hit]);
+    assert_eq!(context.token_ids, fresh(text));
+    assert_eq!(writer.stats().await.l2.errors, 0);
+    assert_eq!(reader.stats().await.l2.errors, 0);
+    Ok(())
+}
+
 /// The password and database number of the URL reach both kinds of connection: the one that
 /// writes (redis-rs) and the ones that read on the request path (`DirectMget`). A second
 /// instance reading what the first wrote proves they meet in the same database.
@@ -392,16 +411,7 @@ async fn password_and_database_of_the_url_apply_to_reads_and_writes() -> TestRes
     redis.wait_ready().await?;
     let url = format!("redis://:s3cret@127.0.0.1:{port}/3");
     let text = "Behind a password, in database three.";
-    let writer = TokenCacheService::new(config("auth:"), Some(&url))?;
-    assert_eq!(
-        l2(&writer.get_context(request("kb", &[text])).await?),
-        vec![LayerOutcome::Miss]
-    );
-    let reader = TokenCacheService::new(config("auth:"), Some(&url))?;
-    let context = reader.get_context(request("kb", &[text])).await?;
-    assert_eq!(l2(&context), vec![LayerOutcome::Hit]);
-    assert_eq!(context.token_ids, fresh(text));
-    assert_eq!(reader.stats().await.l2.errors, 0);
+    written_by_one_instance_read_by_another(&url, "auth:", text).await?;
 
     // The same keys in database 0 are not there.
     let other_database = format!("redis://:s3cret@127.0.0.1:{port}/0");
@@ -433,20 +443,7 @@ async fn an_acl_user_of_the_url_applies_to_reads_and_writes() -> TestResult {
     )?;
     redis.wait_ready().await?;
     let url = format!("redis://cache:acl-secret@127.0.0.1:{port}/1");
-    let text = "Read and written as an ACL user.";
-    let writer = TokenCacheService::new(config("acl:"), Some(&url))?;
-    assert_eq!(
-        l2(&writer.get_context(request("kb", &[text])).await?),
-        vec![LayerOutcome::Miss]
-    );
-    let reader = TokenCacheService::new(config("acl:"), Some(&url))?;
-    assert_eq!(
-        l2(&reader.get_context(request("kb", &[text])).await?),
-        vec![LayerOutcome::Hit]
-    );
-    assert_eq!(writer.stats().await.l2.errors, 0);
-    assert_eq!(reader.stats().await.l2.errors, 0);
-    Ok(())
+    written_by_one_instance_read_by_another(&url, "acl:", "Read and written as an ACL user.").await
 }
 
 #[tokio::test]

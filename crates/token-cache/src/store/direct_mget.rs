@@ -322,9 +322,7 @@ impl Connection {
             if let Some((line, next)) = header_line(&self.buffer, 0)? {
                 let outcome = match line.first() {
                     Some(b'+') => Ok(()),
-                    Some(b'-') => Err(MgetError::Server(
-                        String::from_utf8_lossy(&line[1..]).into_owned(),
-                    )),
+                    Some(b'-') => Err(server_error(line)),
                     _ => Err(MgetError::Protocol("expected a status reply")),
                 };
                 self.buffer.drain(..next);
@@ -366,11 +364,7 @@ fn parse_bulk_array(buffer: &[u8]) -> Result<Parsed, MgetError> {
     };
     match header.first() {
         Some(b'*') => {}
-        Some(b'-') => {
-            return Err(MgetError::Server(
-                String::from_utf8_lossy(&header[1..]).into_owned(),
-            ));
-        }
+        Some(b'-') => return Err(server_error(header)),
         _ => return Err(MgetError::Protocol("expected an array")),
     }
     let count = usize::try_from(integer(&header[1..])?)
@@ -426,6 +420,11 @@ fn header_line(buffer: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, Mget
         None if rest.len() >= limit + 2 => Err(MgetError::Protocol("header line too long")),
         None => Ok(None),
     }
+}
+
+/// The error a `-` line carries (its text after the `-`).
+fn server_error(line: &[u8]) -> MgetError {
+    MgetError::Server(String::from_utf8_lossy(&line[1..]).into_owned())
 }
 
 /// A RESP integer: `-1` or plain decimal digits (no sign, no leading zeros past a lone `0`).
