@@ -10,13 +10,17 @@
 //! - Decoding: prost reads from a `Bytes` split off tonic's buffer (no copy); advancing a
 //!   `Bytes` is a pointer bump, where advancing tonic's `DecodeBuf` goes through `BytesMut`'s
 //!   shared-buffer bookkeeping on every varint.
+//! - Token IDs: the packed `token_ids` of GetContext and Tokenize answers are written and read by
+//!   plain slice loops instead of prost's varint-at-a-time calls (`token_ids.rs`).
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::token_ids;
 
 /// Messages up to this size are encoded straight into tonic's buffer: for them the copy through
 /// a `Vec` would cost more than it saves.
@@ -58,19 +62,17 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProtoEncoder<T>(PhantomData<T>);
 
-impl<T: Message> Encoder for ProtoEncoder<T> {
+impl<T: Message + 'static> Encoder for ProtoEncoder<T> {
     type Item = T;
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         let len = item.encoded_len();
-        buf.reserve(len);
         if len <= DIRECT_ENCODE_MAX_BYTES {
+            buf.reserve(len);
             item.encode_raw(buf);
         } else {
-            let mut encoded = Vec::with_capacity(len);
-            item.encode_raw(&mut encoded);
-            buf.put_slice(&encoded);
+            buf.put_slice(&encode_message(item));
         }
         Ok(())
     }
@@ -79,17 +81,34 @@ impl<T: Message> Encoder for ProtoEncoder<T> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProtoDecoder<U>(PhantomData<U>);
 
-impl<U: Message + Default> Decoder for ProtoDecoder<U> {
+impl<U: Message + Default + 'static> Decoder for ProtoDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let message = buf.copy_to_bytes(buf.remaining());
-        U::decode(message)
-            .map(Some)
-            // As tonic-prost: a message that does not parse is INTERNAL (gRPC status codes doc).
-            .map_err(|error| Status::internal(error.to_string()))
+        decode_message(buf.copy_to_bytes(buf.remaining())).map(Some)
     }
+}
+
+/// The bytes [`ProtoCodec`] sends for `message` (the gRPC frame's payload): prost's encoding,
+/// with token IDs written by `token_ids.rs`.
+pub fn encode_message<T: Message + 'static>(mut message: T) -> Vec<u8> {
+    match token_ids::token_ids_mut(&mut message) {
+        Some(ids) => {
+            let ids = std::mem::take(ids);
+            token_ids::encode_with_ids(&ids, &message)
+        }
+        None => message.encode_to_vec(),
+    }
+}
+
+/// A message as [`ProtoCodec`] reads it from a gRPC frame's payload. As tonic-prost, a message
+/// that does not parse is INTERNAL (the gRPC status codes document).
+pub fn decode_message<U: Message + Default + 'static>(message: Bytes) -> Result<U, Status> {
+    if token_ids::handles::<U>() {
+        return token_ids::decode(message).map_err(Status::internal);
+    }
+    U::decode(message).map_err(|error| Status::internal(error.to_string()))
 }
 
 #[cfg(test)]

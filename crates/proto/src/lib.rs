@@ -8,6 +8,7 @@
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod codec;
+mod token_ids;
 
 /// Package `tollgate.v1`: messages, enums, a client and a server module per service.
 pub mod v1 {

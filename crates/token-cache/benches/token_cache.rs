@@ -205,6 +205,50 @@ async fn l2_hit_anatomy(
     ))
 }
 
+/// Encoding and decoding a GetContext answer with `ids` (p50 of 300 each): with tollgate's codec
+/// (what its servers and generated clients put on and read from the wire) and with prost alone
+/// (tonic-prost's codec), for the same bytes.
+fn answer_codec_cost(shape: &str, ids: Vec<u32>) -> BenchResult<String> {
+    use prost::Message;
+    use tollgate_proto::codec::{decode_message, encode_message};
+    let answer = pb::GetContextResponse {
+        untruncated_tokens: ids.len() as u64,
+        token_ids: ids,
+        tokenizer_id: "cl100k_base:0123456789abcdef".into(),
+        ..Default::default()
+    };
+    let wire = bytes::Bytes::from(answer.encode_to_vec());
+    if encode_message(answer.clone()) != wire {
+        return Err("tollgate's codec and prost encode a GetContext answer differently".into());
+    }
+    let mut costs: [Samples; 4] = Default::default();
+    for _ in 0..300 {
+        let message = answer.clone();
+        let started = Instant::now();
+        std::hint::black_box(encode_message(message));
+        costs[0].0.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(decode_message::<pb::GetContextResponse>(wire.clone())?);
+        costs[1].0.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(answer.encode_to_vec());
+        costs[2].0.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(pb::GetContextResponse::decode(wire.clone())?);
+        costs[3].0.push(started.elapsed());
+    }
+    let [ours_encode, ours_decode, prost_encode, prost_decode] = costs.map(|c| c.percentile(0.5));
+    Ok(format!(
+        "GetContext answer, {shape} ({} IDs, {} KB): tollgate codec encode p50 {} / decode p50 {}; prost alone encode p50 {} / decode p50 {}",
+        answer.token_ids.len(),
+        wire.len() / 1000,
+        micros(ours_encode),
+        micros(ours_decode),
+        micros(prost_encode),
+        micros(prost_decode),
+    ))
+}
+
 /// What a miss pays beyond plain tokenization to know where each document starts: the same
 /// text through `encode` and `encode_with_starts` (p50 of 20 each).
 fn starts_cost(shape: &str, tokenizer: &Tokenizer, text: &str) -> BenchResult<String> {
@@ -331,6 +375,8 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
             variants.push(docs);
         }
         let hot = request(&variants[0]);
+        let hot_ids = writer.get_context(hot.clone()).await?.token_ids;
+        anatomy.push(answer_codec_cost(shape, hot_ids)?);
         for _ in 0..hit_iterations {
             let started = Instant::now();
             writer.get_context(hot.clone()).await?;
