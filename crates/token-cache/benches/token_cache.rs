@@ -268,12 +268,19 @@ fn starts_cost(shape: &str, tokenizer: &Tokenizer, text: &str) -> BenchResult<St
     ))
 }
 
-/// The in-process rows run on `runtime`, as the service does inside `tollgate serve`. For the
-/// gRPC rows the service gets a runtime of its own (`server`) and the calls come from `runtime`,
-/// as from another process: on one shared runtime caller and server would compete for the same
-/// two worker threads and wake each other across them, which no deployment does.
+/// Three runtimes, as three processes would have them:
+/// - `in_process` (multi-thread, 2 workers) runs the in-process rows, as the service runs inside
+///   `tollgate serve`;
+/// - `server` (the same) runs the services the gRPC rows call;
+/// - `client` (current-thread) makes the gRPC calls, on the thread that also runs tonic's client
+///   tasks (its buffer and connection tasks), as a caller's handler task shares a worker with
+///   them. Until the fifth session the calls came from `block_on` of a multi-thread runtime: the
+///   calling future then ran on the main thread and tonic's tasks on the workers, so every call
+///   crossed threads twice more than a caller's does, about 40 µs per bare tonic call here. The
+///   floor line reports the same bare call from a task on a multi-thread runtime: it costs the
+///   same as from the current-thread client.
 fn main() -> BenchResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let in_process = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
@@ -282,7 +289,10 @@ fn main() -> BenchResult {
         .thread_name("token-cache-server")
         .enable_all()
         .build()?;
-    runtime.block_on(run(server.handle().clone()))
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    client.block_on(run(server.handle().clone(), in_process.handle().clone()))
 }
 
 /// A plain tonic server on the `server` runtime serving only grpc.health.v1 (no tollgate code: no
@@ -322,28 +332,19 @@ async fn stop_service(server: &tokio::runtime::Handle, gateway: TestGateway) -> 
     server.spawn(gateway.stop()).await?
 }
 
-async fn run(server: tokio::runtime::Handle) -> BenchResult {
-    let redis_url = std::env::var("REDIS_URL")
-        .map_err(|_| "REDIS_URL is not set: `eval \"$(scripts/services.sh env)\"` first")?;
-    // `cargo test --all-targets` runs this binary too (without `--bench`): then only a quick pass,
-    // as a smoke test that the benchmark still works.
-    let quick =
-        !std::env::args().any(|arg| arg == "--bench") || std::env::var_os("BENCH_QUICK").is_some();
-    let (prose, corpus) = corpus()?;
-    let registry = TokenizerRegistry::builtin();
-    let tokenizer = registry.resolve("cl100k_base")?;
-    let prefix = format!("tollgate-bench:{}:", std::process::id());
-    let mut out = std::io::stdout().lock();
+/// A context shape: name, documents, tokens per document, distinct contexts (misses) measured.
+type Shape = (&'static str, usize, usize, usize);
 
-    let shapes: [(&'static str, usize, usize, usize); 2] = if quick {
-        [("8 x 1k", 8, 1000, 5), ("2 x 10k", 2, 10_000, 3)]
-    } else {
-        [("8 x 1k", 8, 1000, 40), ("2 x 10k", 2, 10_000, 25)]
-    };
-    let hit_iterations = if quick { 20 } else { 300 };
+/// The in-process rows, and the anatomy lines of their L2 hits, misses and answers.
+async fn in_process_rows(
+    shapes: [Shape; 2],
+    hit_iterations: usize,
+    redis_url: String,
+    prefix: String,
+    corpus: Arc<str>,
+) -> BenchResult<(Vec<Row>, Vec<String>)> {
+    let tokenizer = TokenizerRegistry::builtin().resolve("cl100k_base")?;
     let mut rows = Vec::new();
-
-    // In process.
     let mut anatomy = Vec::new();
     for (shape, count, tokens, misses) in shapes {
         let config = TokenCacheConfig {
@@ -397,17 +398,56 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
         }
         rows.push(row);
     }
+    Ok((rows, anatomy))
+}
+
+async fn run(server: tokio::runtime::Handle, in_process: tokio::runtime::Handle) -> BenchResult {
+    let redis_url = std::env::var("REDIS_URL")
+        .map_err(|_| "REDIS_URL is not set: `eval \"$(scripts/services.sh env)\"` first")?;
+    // `cargo test --all-targets` runs this binary too (without `--bench`): then only a quick pass,
+    // as a smoke test that the benchmark still works.
+    let quick =
+        !std::env::args().any(|arg| arg == "--bench") || std::env::var_os("BENCH_QUICK").is_some();
+    let (prose, corpus) = corpus()?;
+    let registry = TokenizerRegistry::builtin();
+    let tokenizer = registry.resolve("cl100k_base")?;
+    let prefix = format!("tollgate-bench:{}:", std::process::id());
+    let mut out = std::io::stdout().lock();
+
+    let shapes: [Shape; 2] = if quick {
+        [("8 x 1k", 8, 1000, 5), ("2 x 10k", 2, 10_000, 3)]
+    } else {
+        [("8 x 1k", 8, 1000, 40), ("2 x 10k", 2, 10_000, 25)]
+    };
+    let hit_iterations = if quick { 20 } else { 300 };
+
+    // In process, on a multi-thread runtime of its own.
+    let (mut rows, anatomy) = in_process
+        .spawn(in_process_rows(
+            shapes,
+            hit_iterations,
+            redis_url.clone(),
+            prefix.clone(),
+            Arc::from(corpus.as_str()),
+        ))
+        .await??;
 
     // Through gRPC: one service on 127.0.0.1:0 with Redis, a real client.
     let mut floor = Samples::default();
     let mut bare_floor = Samples::default();
     let bare_addr = start_bare_tonic(&server).await?;
-    let mut bare_health = tonic_health::pb::health_client::HealthClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{bare_addr}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?,
-    );
+    let bare_endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{bare_addr}"))?.tcp_nodelay(true);
+    let mut bare_health =
+        tonic_health::pb::health_client::HealthClient::new(bare_endpoint.connect().await?);
+    // The same bare call from a client on a multi-thread runtime (its tasks live there).
+    let mut multi_thread_floor = Samples::default();
+    let multi_thread_health = {
+        let endpoint = bare_endpoint.clone();
+        in_process
+            .spawn(async move { endpoint.connect().await })
+            .await??
+    };
     for (shape, count, tokens, misses) in shapes {
         let mut config = Config::default();
         config.storage.redis_url = Some(redis_url.clone());
@@ -452,6 +492,19 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
                 .check(tonic_health::pb::HealthCheckRequest::default())
                 .await?;
             bare_floor.0.push(started.elapsed());
+            let mut health =
+                tonic_health::pb::health_client::HealthClient::new(multi_thread_health.clone());
+            multi_thread_floor.0.push(
+                in_process
+                    .spawn(async move {
+                        let started = Instant::now();
+                        health
+                            .check(tonic_health::pb::HealthCheckRequest::default())
+                            .await
+                            .map(|_| started.elapsed())
+                    })
+                    .await??,
+            );
         }
         stop_service(&server, gateway).await?;
         let mut passes = 0;
@@ -516,6 +569,12 @@ async fn run(server: tokio::runtime::Handle) -> BenchResult {
         floor.0.len(),
         micros(bare_floor.percentile(0.5)),
         micros(bare_floor.percentile(0.99)),
+    )?;
+    writeln!(
+        out,
+        "the same bare Health/Check from a client on a multi-thread runtime (2 workers): p50 {} / p99 {}",
+        micros(multi_thread_floor.percentile(0.5)),
+        micros(multi_thread_floor.percentile(0.99)),
     )?;
 
     // Bytes per token of the stored values.
