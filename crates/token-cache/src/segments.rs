@@ -6,31 +6,32 @@
 //! text into pieces and BPE never merges across pieces, so at a position where the regex always
 //! splits ([`crate::tokenizer::CutRule`]) tokenizing the two sides apart is exact. At each join
 //! we cut at such a position when there is one (just before or just after the separator);
-//! otherwise the documents on both sides stay in one segment. Each segment's key covers the
-//! content hashes of all its parts, so a segment is reused across requests exactly when the same
-//! documents meet the same separator in the same way.
+//! otherwise the documents on both sides stay in one segment. Each segment's keys cover the
+//! hashes of all its parts (see `keys`), so a segment is reused across requests exactly when the
+//! same documents meet the same separator in the same way.
 
 use std::ops::Range;
 
-use crate::keys::{Digest32, Part, segment_key};
+use crate::keys::{Digest32, LookupKey, Part, segment_key, segment_lookup_key};
 use crate::tokenizer::CutRule;
 
 /// One segment of a context: a run of parts (documents and separators, alternating, starting and
 /// ending with a document of the context) that is tokenized as one text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentPlan {
-    pub key: Digest32,
+    /// Where the segment is looked up (its content key comes later: [`Assembly::content_key`]).
+    pub lookup: LookupKey,
     /// Indices into the part list: part `2i` is document `i`, part `2i + 1` the separator after it.
     pub parts: Range<usize>,
     /// The documents whose text starts in this segment, with the byte offset where each starts.
     pub documents: Vec<(usize, usize)>,
 }
 
-/// The context's documents (text and content hash) and separator.
+/// The context's documents (text and lookup hash) and separator.
 #[derive(Debug, Clone, Copy)]
 pub struct Assembly<'a> {
     pub texts: &'a [&'a str],
-    pub hashes: &'a [&'a Digest32],
+    pub lookups: &'a [LookupKey],
     pub separator: &'a str,
 }
 
@@ -119,7 +120,7 @@ impl<'a> Assembly<'a> {
                 .clone()
                 .map(|part| {
                     if part.is_multiple_of(2) {
-                        Part::Document(self.hashes[part / 2])
+                        Part::Document(&self.lookups[part / 2])
                     } else {
                         Part::Separator
                     }
@@ -134,13 +135,34 @@ impl<'a> Assembly<'a> {
                 offset += self.part_text(part).len();
             }
             plans.push(SegmentPlan {
-                key: segment_key(tokenizer_id, self.separator, &key_parts),
+                lookup: segment_lookup_key(tokenizer_id, self.separator, &key_parts),
                 parts: range,
                 documents,
             });
             start = end;
         }
         plans
+    }
+
+    /// The content key of `plan`'s segment, from the content hashes of the context's documents.
+    pub fn content_key(
+        &self,
+        tokenizer_id: &str,
+        plan: &SegmentPlan,
+        hashes: &[Digest32],
+    ) -> Digest32 {
+        let parts: Vec<Part<'_>> = plan
+            .parts
+            .clone()
+            .map(|part| {
+                if part.is_multiple_of(2) {
+                    Part::Document(&hashes[part / 2])
+                } else {
+                    Part::Separator
+                }
+            })
+            .collect();
+        segment_key(tokenizer_id, self.separator, &parts)
     }
 }
 
@@ -164,11 +186,9 @@ mod tests {
 
     #[test]
     fn cuts_after_the_separator_when_the_next_document_starts_with_text() {
-        let hashes = [[1u8; 32], [2u8; 32], [3u8; 32]];
-        let hash_refs: Vec<&Digest32> = hashes.iter().collect();
         let assembly = Assembly {
             texts: &["one.", "two", "\nthree"],
-            hashes: &hash_refs,
+            lookups: &[[1u8; 16], [2u8; 16], [3u8; 16]],
             separator: "\n\n",
         };
         let plans = assembly.plan("t", Some(CutRule::AfterNewline));
@@ -185,31 +205,40 @@ mod tests {
     }
 
     #[test]
-    fn the_same_document_in_the_same_position_gets_the_same_key() {
+    fn the_same_document_in_the_same_position_gets_the_same_keys() {
+        let lookups = [[1u8; 16], [2u8; 16], [9u8; 16]];
         let hashes = [[1u8; 32], [2u8; 32], [9u8; 32]];
-        let a: Vec<&Digest32> = vec![&hashes[0], &hashes[1]];
-        let b: Vec<&Digest32> = vec![&hashes[0], &hashes[2]];
-        let first = Assembly {
+        let a = Assembly {
             texts: &["x", "y"],
-            hashes: &a,
+            lookups: &lookups[..2],
             separator: "\n\n",
-        }
-        .plan("t", Some(CutRule::AfterNewline));
-        let second = Assembly {
+        };
+        let b = Assembly {
             texts: &["x", "z"],
-            hashes: &b,
+            lookups: &[lookups[0], lookups[2]],
             separator: "\n\n",
-        }
-        .plan("t", Some(CutRule::AfterNewline));
-        assert_eq!(first[0].key, second[0].key);
-        assert_ne!(first[1].key, second[1].key);
-        let other_tokenizer = Assembly {
-            texts: &["x", "y"],
-            hashes: &a,
-            separator: "\n\n",
-        }
-        .plan("u", Some(CutRule::AfterNewline));
-        assert_ne!(first[0].key, other_tokenizer[0].key);
+        };
+        let first = a.plan("t", Some(CutRule::AfterNewline));
+        let second = b.plan("t", Some(CutRule::AfterNewline));
+        assert_eq!(first[0].lookup, second[0].lookup);
+        assert_ne!(first[1].lookup, second[1].lookup);
+        let content = |assembly: &Assembly<'_>, plan, hashes: &[Digest32]| {
+            assembly.content_key("t", plan, hashes)
+        };
+        assert_eq!(
+            content(&a, &first[0], &hashes[..2]),
+            content(&b, &second[0], &[hashes[0], hashes[2]])
+        );
+        assert_ne!(
+            content(&a, &first[1], &hashes[..2]),
+            content(&b, &second[1], &[hashes[0], hashes[2]])
+        );
+        let other_tokenizer = a.plan("u", Some(CutRule::AfterNewline));
+        assert_ne!(first[0].lookup, other_tokenizer[0].lookup);
+        assert_ne!(
+            content(&a, &first[0], &hashes[..2]),
+            a.content_key("u", &other_tokenizer[0], &hashes[..2])
+        );
     }
 
     #[test]

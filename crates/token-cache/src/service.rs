@@ -2,10 +2,14 @@
 //! process, L2 in Redis, tokenizing afresh on a miss), register and invalidate documents, report
 //! statistics.
 //!
+//! A request looks its segments up in L1 by lookup key (XXH3-128, see `keys`), starts one Redis
+//! read for those L1 lacks, and computes the documents' SHA-256 while Redis answers: a value, from
+//! either layer, is used only when its content key equals the one computed for the request.
+//!
 //! A miss for a segment is loaded once however many requests want it at the same time: the L1's
-//! `get_with` runs one loader per key and the others wait for its value (single flight). The
-//! loader asks Redis within its time budget and tokenizes when Redis misses, fails or holds a
-//! corrupted value (which is then overwritten).
+//! `try_get_with` runs one loader per key and the others wait for its value (single flight). The
+//! loader uses what Redis returned, within its time budget, and tokenizes when Redis missed,
+//! failed or held a corrupted value (which is then overwritten).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +21,7 @@ use moka::notification::RemovalCause;
 use crate::codec::{self, SegmentTokens};
 use crate::config::TokenCacheConfig;
 use crate::error::{TokenCacheError, TokenCacheResult};
-use crate::keys::{Digest32, content_hash};
+use crate::keys::{Digest32, LookupKey, content_hash, lookup_hash};
 use crate::segments::{Assembly, SegmentPlan, token_starts};
 use crate::store::memory::MemoryDocumentStore;
 use crate::store::redis::RedisStore;
@@ -119,6 +123,16 @@ pub struct TokenizerListing {
     pub models: Vec<String>,
 }
 
+/// What L1 had for a segment, checked against the segment's content key.
+enum Cached {
+    /// Nothing under its lookup key.
+    Missing,
+    /// The segment itself.
+    Verified(Arc<CachedSegment>),
+    /// A segment of other content under the same lookup key.
+    Mismatched,
+}
+
 /// What L2 answered for a segment that L1 lacked.
 #[derive(Debug, Clone)]
 enum L2Value {
@@ -130,9 +144,11 @@ enum L2Value {
     Fetched(Option<Vec<u8>>, Duration),
 }
 
-/// A segment's tokens as cached in L1, with where its value came from when it was loaded.
+/// A segment's tokens as cached in L1, with its content key and where its value came from when
+/// it was loaded.
 #[derive(Debug)]
 struct CachedSegment {
+    key: Digest32,
     tokens: SegmentTokens,
     ttl: Duration,
     l2: LayerOutcome,
@@ -140,17 +156,18 @@ struct CachedSegment {
 
 impl CachedSegment {
     fn weight(&self) -> u32 {
-        let bytes = 64 + 4 * (self.tokens.ids.len() + self.tokens.doc_starts.len());
+        // Fixed overhead (the content key, the lengths, moka's entry) plus the token arrays.
+        let bytes = 96 + 4 * (self.tokens.ids.len() + self.tokens.doc_starts.len());
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
 
 struct SegmentExpiry;
 
-impl moka::Expiry<Digest32, Arc<CachedSegment>> for SegmentExpiry {
+impl moka::Expiry<LookupKey, Arc<CachedSegment>> for SegmentExpiry {
     fn expire_after_create(
         &self,
-        _key: &Digest32,
+        _key: &LookupKey,
         value: &Arc<CachedSegment>,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -159,7 +176,7 @@ impl moka::Expiry<Digest32, Arc<CachedSegment>> for SegmentExpiry {
 
     fn expire_after_update(
         &self,
-        _key: &Digest32,
+        _key: &LookupKey,
         value: &Arc<CachedSegment>,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
@@ -227,7 +244,7 @@ impl Documents {
 pub struct TokenCacheService {
     config: TokenCacheConfig,
     registry: TokenizerRegistry,
-    l1: Cache<Digest32, Arc<CachedSegment>>,
+    l1: Cache<LookupKey, Arc<CachedSegment>>,
     redis: Option<RedisStore>,
     documents: Documents,
     counters: Arc<Counters>,
@@ -254,7 +271,7 @@ impl TokenCacheService {
         let listener_counters = counters.clone();
         let l1 = Cache::builder()
             .max_capacity(config.l1_max_bytes)
-            .weigher(|_key: &Digest32, value: &Arc<CachedSegment>| value.weight())
+            .weigher(|_key: &LookupKey, value: &Arc<CachedSegment>| value.weight())
             .expire_after(SegmentExpiry)
             .eviction_listener(
                 move |_key, value: Arc<CachedSegment>, _cause: RemovalCause| {
@@ -338,15 +355,18 @@ impl TokenCacheService {
             .resolve_documents(&request.collection, &request.documents)
             .await?;
         let texts: Vec<&str> = resolved.iter().map(|(text, _)| text.as_ref()).collect();
-        let hashes: Vec<&Digest32> = resolved.iter().map(|(_, hash)| hash).collect();
+        let lookups: Vec<LookupKey> = texts.iter().map(|text| lookup_hash(text)).collect();
+        let hashes: Vec<Option<Digest32>> = resolved.iter().map(|(_, hash)| *hash).collect();
         let assembly = Assembly {
             texts: &texts,
-            hashes: &hashes,
+            lookups: &lookups,
             separator: &request.separator,
         };
         let plans = assembly.plan(tokenizer.id(), tokenizer.cut_rule());
         let ttl = self.config.ttl_for(&request.collection);
-        let loaded = self.segments(&tokenizer, &assembly, &plans, ttl).await?;
+        let loaded = self
+            .segments(&tokenizer, &assembly, &plans, &hashes, ttl)
+            .await?;
 
         let total: usize = loaded
             .iter()
@@ -419,12 +439,13 @@ impl TokenCacheService {
         Ok((context.token_ids, context.tokenizer_id))
     }
 
-    /// The texts and content hashes of a request's documents, references resolved.
+    /// The texts of a request's documents, references resolved, with the content hashes known
+    /// already (those of registered documents; inline ones are hashed later, see `segments`).
     async fn resolve_documents(
         &self,
         collection: &str,
         documents: &[DocumentInput],
-    ) -> TokenCacheResult<Vec<(Arc<str>, Digest32)>> {
+    ) -> TokenCacheResult<Vec<(Arc<str>, Option<Digest32>)>> {
         let references: Vec<(usize, String)> = documents
             .iter()
             .enumerate()
@@ -460,10 +481,10 @@ impl TokenCacheService {
         for (index, document) in documents.iter().enumerate() {
             match document {
                 DocumentInput::Inline { text, .. } => {
-                    resolved.push((Arc::from(text.as_str()), content_hash(text)));
+                    resolved.push((Arc::from(text.as_str()), None));
                 }
                 DocumentInput::Reference { id } => match registered.next().flatten() {
-                    Some(stored) => resolved.push((stored.text, stored.content_hash)),
+                    Some(stored) => resolved.push((stored.text, Some(stored.content_hash))),
                     None => {
                         return Err(TokenCacheError::DocumentNotFound {
                             field: format!("documents[{index}]"),
@@ -478,65 +499,110 @@ impl TokenCacheService {
     }
 
     /// The segments of `plans`, in order, each with its L1 and L2 outcome: L1 first, then one
-    /// L2 round trip for all that L1 lacks, then each remaining one loaded once.
+    /// L2 round trip for all that L1 lacks, during which the documents' content hashes (those
+    /// not in `hashes` already) and the segments' content keys are computed; then each segment
+    /// that neither layer had is loaded once.
     async fn segments(
         &self,
         tokenizer: &Arc<Tokenizer>,
         assembly: &Assembly<'_>,
         plans: &[SegmentPlan],
+        hashes: &[Option<Digest32>],
         ttl: Duration,
     ) -> TokenCacheResult<Vec<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)>> {
-        let cached = self.l1_lookup(plans).await;
-        let mut stored = self.l2_lookup(plans, &cached).await.into_iter();
-        futures_util::future::join_all(plans.iter().zip(cached).map(|(plan, cached_opt)| {
-            // `l2_lookup` answers one entry per L1 miss, in plan order.
-            let stored = match cached_opt {
-                Some(_) => L2Value::NotAsked,
-                None => stored.next().unwrap_or(L2Value::NotAsked),
-            };
-            self.segment(tokenizer, assembly, plan, ttl, cached_opt, stored)
-        }))
+        let candidates = self.l1_candidates(plans).await;
+        let content_keys = async {
+            let hashes: Vec<Digest32> = hashes
+                .iter()
+                .zip(assembly.texts)
+                .map(|(hash, text)| hash.unwrap_or_else(|| content_hash(text)))
+                .collect();
+            plans
+                .iter()
+                .map(|plan| assembly.content_key(tokenizer.id(), plan, &hashes))
+                .collect::<Vec<Digest32>>()
+        };
+        // The Redis read is polled first: it is on the wire before the hashing starts.
+        let (stored, keys) =
+            futures_util::future::join(self.l2_lookup(plans, &candidates), content_keys).await;
+        let mut stored = stored.into_iter();
+        let cached = self.l1_verify(candidates, &keys);
+        futures_util::future::join_all(plans.iter().zip(&keys).zip(cached).map(
+            |((plan, key), cached)| {
+                // `l2_lookup` answers one entry per L1 candidate missing, in plan order. A
+                // candidate that turned out to hold other content was not asked for.
+                let stored = match cached {
+                    Cached::Missing => stored.next().unwrap_or(L2Value::NotAsked),
+                    Cached::Verified(_) | Cached::Mismatched => L2Value::NotAsked,
+                };
+                self.segment(tokenizer, assembly, plan, key, ttl, cached, stored)
+            },
+        ))
         .await
         .into_iter()
         .collect()
     }
 
-    /// Each plan's segment if L1 holds it, counted as an L1 hit or miss.
-    async fn l1_lookup(&self, plans: &[SegmentPlan]) -> Vec<Option<Arc<CachedSegment>>> {
-        let mut cached = Vec::with_capacity(plans.len());
+    /// What L1 holds under each plan's lookup key, with how long each lookup took.
+    async fn l1_candidates(
+        &self,
+        plans: &[SegmentPlan],
+    ) -> Vec<(Option<Arc<CachedSegment>>, Duration)> {
+        let mut candidates = Vec::with_capacity(plans.len());
         for plan in plans {
             let started = Instant::now();
-            let found = self.l1.get(&plan.key).await;
-            if found.is_some() {
-                self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
-                record_lookup("l1", "hit", started);
-            } else {
-                self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
-                record_lookup("l1", "miss", started);
-            }
-            cached.push(found);
+            let found = self.l1.get(&plan.lookup).await;
+            candidates.push((found, started.elapsed()));
         }
-        cached
+        candidates
     }
 
-    /// What L2 holds for every plan L1 lacks, in plan order, asked for in one round trip: a
-    /// context's segments cost one Redis call, not one each. A failed call is `Failed` for each
-    /// of them (the request goes on without L2). The read happens before single flight: requests
-    /// that miss the same segments at the same moment each read them (one tokenizes, see
-    /// `segment`), a cheap, idempotent read against a segment tokenized twice.
+    /// The L1 candidates checked against the segments' content keys, counted as L1 hits or
+    /// misses.
+    fn l1_verify(
+        &self,
+        candidates: Vec<(Option<Arc<CachedSegment>>, Duration)>,
+        keys: &[Digest32],
+    ) -> Vec<Cached> {
+        candidates
+            .into_iter()
+            .zip(keys)
+            .map(|((found, took), key)| {
+                let cached = match found {
+                    Some(segment) if segment.key == *key => Cached::Verified(segment),
+                    Some(_) => Cached::Mismatched,
+                    None => Cached::Missing,
+                };
+                if matches!(cached, Cached::Verified(_)) {
+                    self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+                    record_lookup_took("l1", "hit", took);
+                } else {
+                    self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
+                    record_lookup_took("l1", "miss", took);
+                }
+                cached
+            })
+            .collect()
+    }
+
+    /// What L2 holds for every plan L1 has no candidate for, in plan order, asked for in one
+    /// round trip: a context's segments cost one Redis call, not one each. A failed call is
+    /// `Failed` for each of them (the request goes on without L2). The read happens before
+    /// single flight: requests that miss the same segments at the same moment each read them
+    /// (one tokenizes, see `segment`), a cheap, idempotent read against a segment tokenized twice.
     async fn l2_lookup(
         &self,
         plans: &[SegmentPlan],
-        cached: &[Option<Arc<CachedSegment>>],
+        candidates: &[(Option<Arc<CachedSegment>>, Duration)],
     ) -> Vec<L2Value> {
         let Some(redis) = &self.redis else {
             return Vec::new();
         };
-        let keys: Vec<Digest32> = plans
+        let keys: Vec<LookupKey> = plans
             .iter()
-            .zip(cached)
-            .filter(|(_, cached_opt)| cached_opt.is_none())
-            .map(|(plan, _)| plan.key)
+            .zip(candidates)
+            .filter(|(_, (found, _))| found.is_none())
+            .map(|(plan, _)| plan.lookup)
             .collect();
         if keys.is_empty() {
             return Vec::new();
@@ -556,27 +622,49 @@ impl TokenCacheService {
 
     /// One segment: from L1, or loaded once (single flight) from what L2 returned or by
     /// tokenizing.
+    #[allow(clippy::too_many_arguments)]
     async fn segment(
         &self,
         tokenizer: &Arc<Tokenizer>,
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
+        key: &Digest32,
         ttl: Duration,
-        cached_opt: Option<Arc<CachedSegment>>,
+        cached: Cached,
         stored: L2Value,
     ) -> TokenCacheResult<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)> {
-        if let Some(segment) = cached_opt {
-            return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
+        match cached {
+            Cached::Verified(segment) => {
+                return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
+            }
+            Cached::Mismatched => {
+                // Another content holds this lookup key: load this one apart and let it take
+                // the key (the newer content wins).
+                let segment = self
+                    .load(tokenizer, assembly, plan, key, ttl, stored)
+                    .await?;
+                self.l1.insert(plan.lookup, segment.clone()).await;
+                return Ok((segment.clone(), LayerOutcome::Miss, segment.l2));
+            }
+            Cached::Missing => {}
         }
         let loaded_here = AtomicBool::new(false);
         let segment = self
             .l1
-            .try_get_with(plan.key, async {
+            .try_get_with(plan.lookup, async {
                 loaded_here.store(true, Ordering::Relaxed);
-                self.load(tokenizer, assembly, plan, ttl, stored).await
+                self.load(tokenizer, assembly, plan, key, ttl, stored).await
             })
             .await
             .map_err(|error| (*error).clone())?;
+        if segment.key != *key {
+            // A concurrent load of another content under the same lookup key won: this
+            // request's segment is loaded apart, without L2 (which holds that other content).
+            let own = self
+                .load(tokenizer, assembly, plan, key, ttl, L2Value::NotAsked)
+                .await?;
+            return Ok((own, LayerOutcome::Miss, LayerOutcome::Skipped));
+        }
         // A request that waited for another's load took that load's value: its L2 outcome is the
         // loader's, not its own (what its own read returned was not used).
         let l2 = if loaded_here.load(Ordering::Relaxed) {
@@ -592,6 +680,7 @@ impl TokenCacheService {
         tokenizer: &Arc<Tokenizer>,
         assembly: &Assembly<'_>,
         plan: &SegmentPlan,
+        key: &Digest32,
         ttl: Duration,
         stored: L2Value,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
@@ -603,18 +692,21 @@ impl TokenCacheService {
                 record_lookup_took("l2", "miss", took);
                 LayerOutcome::Miss
             }
-            L2Value::Fetched(Some(bytes), took) => match codec::decode(&plan.key, &bytes) {
+            L2Value::Fetched(Some(bytes), took) => match codec::decode(key, &bytes) {
                 Ok(tokens) if fits(&tokens, plan) => {
                     self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
                     record_lookup_took("l2", "hit", took);
                     return Ok(self.admit(CachedSegment {
+                        key: *key,
                         tokens,
                         ttl,
                         l2: LayerOutcome::Hit,
                     }));
                 }
                 Ok(_) | Err(_) => {
-                    tracing::warn!(key = %hex::encode(plan.key), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
+                    // Also what a value of another content under the same lookup key looks
+                    // like (its content key differs): overwritten alike.
+                    tracing::warn!(key = %hex::encode(plan.lookup), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
                     self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
                     record_lookup_took("l2", "miss", took);
                     LayerOutcome::Miss
@@ -630,8 +722,8 @@ impl TokenCacheService {
         if let Some(redis) = &self.redis {
             // After a failed read, a write would only spend another time budget.
             if l2 != LayerOutcome::Error {
-                let value = codec::encode(&plan.key, &tokens);
-                if redis.put_segment(&plan.key, &value, ttl).await.is_ok() {
+                let value = codec::encode(key, &tokens);
+                if redis.put_segment(&plan.lookup, &value, ttl).await.is_ok() {
                     self.counters
                         .l2_entries_written
                         .fetch_add(1, Ordering::Relaxed);
@@ -652,7 +744,12 @@ impl TokenCacheService {
                 }
             }
         }
-        Ok(self.admit(CachedSegment { tokens, ttl, l2 }))
+        Ok(self.admit(CachedSegment {
+            key: *key,
+            tokens,
+            ttl,
+            l2,
+        }))
     }
 
     /// Counts a value about to enter L1 (the eviction listener subtracts it again).
@@ -730,27 +827,27 @@ impl TokenCacheService {
         // joined by the default separator.
         for tokenizer in &tokenizers {
             for (_, document) in &documents {
-                for (texts, hashes) in [
-                    (vec![document.text.as_ref()], vec![&document.content_hash]),
-                    (
-                        vec![
-                            document.text.as_ref(),
-                            document.text.as_ref(),
-                            document.text.as_ref(),
-                        ],
-                        vec![&document.content_hash; 3],
-                    ),
-                ] {
+                let lookup = lookup_hash(&document.text);
+                for copies in [1, 3] {
+                    let texts = vec![document.text.as_ref(); copies];
+                    let lookups = vec![lookup; copies];
+                    let hashes = vec![Some(document.content_hash); copies];
                     let assembly = Assembly {
                         texts: &texts,
-                        hashes: &hashes,
+                        lookups: &lookups,
                         separator: DEFAULT_SEPARATOR,
                     };
                     // One plan at a time: a segment repeated in the tripled text is then an L1
                     // hit the second time.
                     for plan in assembly.plan(tokenizer.id(), tokenizer.cut_rule()) {
-                        self.segments(tokenizer, &assembly, std::slice::from_ref(&plan), ttl)
-                            .await?;
+                        self.segments(
+                            tokenizer,
+                            &assembly,
+                            std::slice::from_ref(&plan),
+                            &hashes,
+                            ttl,
+                        )
+                        .await?;
                     }
                 }
             }
@@ -834,13 +931,67 @@ fn hit_rate(hits: u64, misses: u64) -> f64 {
     }
 }
 
-fn record_lookup(layer: &'static str, result: &'static str, started: Instant) {
-    record_lookup_took(layer, result, started.elapsed());
-}
-
 fn record_lookup_took(layer: &'static str, result: &'static str, took: Duration) {
     metrics::counter!("tollgate_token_cache_requests_total", "layer" => layer, "result" => result)
         .increment(1);
     metrics::histogram!("tollgate_token_cache_lookup_seconds", "layer" => layer, "result" => result)
         .record(took.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Part, segment_lookup_key};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn request(text: &str) -> ContextRequest {
+        ContextRequest {
+            collection: "kb".into(),
+            documents: vec![DocumentInput::Inline {
+                id: "d".into(),
+                text: text.into(),
+            }],
+            tokenizer: "cl100k_base".into(),
+            max_tokens: None,
+            separator: DEFAULT_SEPARATOR.into(),
+        }
+    }
+
+    /// What two contents with one lookup key would do to each other in L1: the segment under a
+    /// document's lookup key is another document's. It is a miss, never returned, and the
+    /// document's own segment takes the key.
+    #[tokio::test]
+    async fn a_segment_of_other_content_in_l1_is_a_miss_and_is_replaced() -> TestResult {
+        let service = TokenCacheService::new(TokenCacheConfig::default(), None)?;
+        let text = "The document a request asks for.";
+        let other = "Another document, whose segment sits under the first one's lookup key.";
+        let expected = service.get_context(request(text)).await?.token_ids;
+        service.get_context(request(other)).await?;
+        let tokenizer = service.tokenizer("cl100k_base", "tokenizer")?;
+        let lookup_of = |text: &str| {
+            segment_lookup_key(
+                tokenizer.id(),
+                DEFAULT_SEPARATOR,
+                &[Part::Document(&lookup_hash(text))],
+            )
+        };
+        let other_segment = service
+            .l1
+            .get(&lookup_of(other))
+            .await
+            .ok_or("the other document's segment is in L1")?;
+        service.l1.insert(lookup_of(text), other_segment).await;
+
+        let context = service.get_context(request(text)).await?;
+        assert_eq!(
+            context.token_ids, expected,
+            "never the other content's tokens"
+        );
+        assert_eq!(context.spans[0].l1, LayerOutcome::Miss);
+        let context = service.get_context(request(text)).await?;
+        assert_eq!(context.spans[0].l1, LayerOutcome::Hit, "replaced");
+        assert_eq!(context.token_ids, expected);
+        Ok(())
+    }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_token_cache::TokenCacheConfig;
-use tollgate_token_cache::keys::{Part, content_hash, segment_key};
+use tollgate_token_cache::codec::{self, SegmentTokens};
+use tollgate_token_cache::keys::{
+    Part, content_hash, lookup_hash, segment_key, segment_lookup_key,
+};
 use tollgate_token_cache::service::{
     Context, ContextRequest, DocumentInput, LayerOutcome, PutRequest, TokenCacheService,
 };
@@ -151,8 +154,8 @@ async fn a_corrupted_value_is_a_miss_and_is_overwritten() -> TestResult {
     writer.get_context(request("kb", &[text])).await?;
 
     let tokenizer = TokenizerRegistry::builtin().resolve("cl100k_base")?;
-    let hash = content_hash(text);
-    let key = segment_key(tokenizer.id(), "\n\n", &[Part::Document(&hash)]);
+    let lookup = lookup_hash(text);
+    let key = segment_lookup_key(tokenizer.id(), "\n\n", &[Part::Document(&lookup)]);
     let redis = writer.redis().ok_or("redis is on")?;
     for garbage in [
         &b"[15339, 1917]"[..],
@@ -180,6 +183,54 @@ async fn a_corrupted_value_is_a_miss_and_is_overwritten() -> TestResult {
         );
         assert_eq!(context.token_ids, expected);
     }
+    tollgate_test_support::redis::delete_prefix(&url, &prefix).await
+}
+
+/// What two contents with one lookup key would do to each other in Redis: the value under a
+/// document's lookup key is another document's, well-formed, with that document's content key. It
+/// is a miss, never returned, and is overwritten.
+#[tokio::test]
+async fn a_value_of_other_content_under_the_lookup_key_is_a_miss() -> TestResult {
+    let url = redis_url()?;
+    let prefix = unique_prefix("collision");
+    let text = "The document a reader asks for.";
+    let other = "Another document, whose value sits under the first one's lookup key.";
+    let writer = TokenCacheService::new(config(&prefix), Some(&url))?;
+    writer.get_context(request("kb", &[text])).await?;
+
+    let tokenizer = TokenizerRegistry::builtin().resolve("cl100k_base")?;
+    let lookup = segment_lookup_key(
+        tokenizer.id(),
+        "\n\n",
+        &[Part::Document(&lookup_hash(text))],
+    );
+    let other_key = segment_key(
+        tokenizer.id(),
+        "\n\n",
+        &[Part::Document(&content_hash(other))],
+    );
+    let other_value = codec::encode(
+        &other_key,
+        &SegmentTokens {
+            ids: fresh(other),
+            doc_starts: vec![0],
+        },
+    );
+    let redis = writer.redis().ok_or("redis is on")?;
+    redis.put_raw_segment(&lookup, &other_value).await?;
+
+    let reader = TokenCacheService::new(config(&prefix), Some(&url))?;
+    let context = reader.get_context(request("kb", &[text])).await?;
+    assert_eq!(
+        context.token_ids,
+        fresh(text),
+        "never the other content's tokens"
+    );
+    assert_eq!(l2(&context), vec![LayerOutcome::Miss]);
+    let third = TokenCacheService::new(config(&prefix), Some(&url))?;
+    let context = third.get_context(request("kb", &[text])).await?;
+    assert_eq!(l2(&context), vec![LayerOutcome::Hit], "overwritten");
+    assert_eq!(context.token_ids, fresh(text));
     tollgate_test_support::redis::delete_prefix(&url, &prefix).await
 }
 

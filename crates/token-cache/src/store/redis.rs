@@ -15,8 +15,10 @@
 //!
 //! Keys (`P` is `token_cache.key_prefix`; collection names are length-prefixed so that no
 //! collection/id pair can collide with another):
-//! - `P seg:v<format version>:<hex sha256>`: a segment's tokens in the format of [`crate::codec`],
-//!   with the TTL of the collection that wrote it;
+//! - `P seg:v<format version>:<hex lookup key>`: a segment's tokens in the format of
+//!   [`crate::codec`] (which carries the segment's content key), with the TTL of the collection
+//!   that wrote it. The lookup key is an XXH3-128 (`crate::keys`): until the fifth session it was
+//!   the SHA-256 content key, so keys of the two schemes differ in length and never meet;
 //! - `P doc:<len>:<collection>:<id>`: a registered document, `sha256(text) || text`;
 //! - `P docs:<len>:<collection>`: the set of registered ids of a collection, for Clear.
 
@@ -30,7 +32,7 @@ use redis::{IntoConnectionInfo, RedisError};
 
 use super::direct_mget::{DirectMget, MgetError};
 use super::{DocumentStore, StoreError, StoreResult, StoredDocument};
-use crate::keys::Digest32;
+use crate::keys::{Digest32, LookupKey};
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -163,7 +165,7 @@ impl RedisStore {
 
     /// The value format's version is part of the key: replicas of two versions (a rollout) each
     /// keep their own values rather than overwrite the other's as corrupted.
-    fn segment_key(&self, key: &Digest32) -> String {
+    fn segment_key(&self, key: &LookupKey) -> String {
         format!(
             "{}seg:v{}:{}",
             self.prefix,
@@ -182,7 +184,7 @@ impl RedisStore {
 
     /// The stored values of several segments, in order, in one round trip (one MGET): a
     /// context's segments that L1 lacks are asked for together.
-    pub async fn get_segments(&self, keys: &[Digest32]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+    pub async fn get_segments(&self, keys: &[LookupKey]) -> StoreResult<Vec<Option<Vec<u8>>>> {
         self.mget(keys.iter().map(|key| self.segment_key(key)).collect())
             .await
     }
@@ -225,7 +227,7 @@ impl RedisStore {
 
     pub async fn put_segment(
         &self,
-        key: &Digest32,
+        key: &LookupKey,
         value: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
@@ -244,7 +246,7 @@ impl RedisStore {
     }
 
     /// Overwrites a segment's stored value with raw bytes: for tests of corrupted values.
-    pub async fn put_raw_segment(&self, key: &Digest32, value: &[u8]) -> StoreResult<()> {
+    pub async fn put_raw_segment(&self, key: &LookupKey, value: &[u8]) -> StoreResult<()> {
         self.put_segment(key, value, Duration::from_secs(60)).await
     }
 }
@@ -417,7 +419,7 @@ mod tests {
             Duration::from_millis(20),
         )
         .unwrap();
-        assert!(store.get_segments(&[[0; 32]]).await.is_err());
+        assert!(store.get_segments(&[[0; 16]]).await.is_err());
         assert!(!store.health().available.load(Ordering::Relaxed));
         assert_eq!(store.health().errors.load(Ordering::Relaxed), 1);
     }
