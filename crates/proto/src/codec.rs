@@ -67,6 +67,11 @@ impl<T: Message + 'static> Encoder for ProtoEncoder<T> {
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // Token-ID answers first: `encoded_len` would walk all their IDs once more.
+        if token_ids::handles::<T>() {
+            buf.put_slice(&encode_message(item));
+            return Ok(());
+        }
         let len = item.encoded_len();
         if len <= DIRECT_ENCODE_MAX_BYTES {
             buf.reserve(len);

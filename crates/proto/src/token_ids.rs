@@ -66,10 +66,14 @@ fn encode_packed(ids: &[u32], data_len: usize, out: &mut Vec<u8>) {
     let mut at = start;
     for &id in ids {
         if id >= 1 << 21 {
-            let mut bytes = Vec::with_capacity(5);
-            push_varint(&mut bytes, u64::from(id));
-            out[at..at + bytes.len()].copy_from_slice(&bytes);
-            at += bytes.len();
+            let mut value = id;
+            while value >= 0x80 {
+                out[at] = (value as u8) | 0x80;
+                value >>= 7;
+                at += 1;
+            }
+            out[at] = value as u8;
+            at += 1;
             continue;
         }
         let two_or_more = u32::from(id >= 1 << 7);
@@ -93,6 +97,12 @@ pub(crate) fn handles<M: 'static>() -> bool {
 
 /// Decodes `bytes` as `M`, one of the messages this module handles ([`handles`]).
 pub(crate) fn decode<M: 'static>(bytes: Bytes) -> Result<M, String> {
+    if !handles::<M>() {
+        return Err(format!(
+            "{} has no token_ids fast path",
+            std::any::type_name::<M>()
+        ));
+    }
     let decoded: Box<dyn Any> = if TypeId::of::<M>() == TypeId::of::<GetContextResponse>() {
         Box::new(decode_with_ids::<GetContextResponse>(bytes, |m| {
             &mut m.token_ids
@@ -108,7 +118,9 @@ pub(crate) fn decode<M: 'static>(bytes: Bytes) -> Result<M, String> {
         .map_err(|_| format!("{} has no token_ids fast path", std::any::type_name::<M>()))
 }
 
-/// The loop of prost's `Message::merge`, with packed field 1 read by [`decode_packed`].
+/// The loop of prost's `Message::merge`, with packed field 1 read by [`decode_packed`]. Other
+/// fields go to `Message::merge_field`, which prost marks `doc(hidden)` (it is what its generated
+/// code calls); prost is held to 0.14 in the workspace, whose generated code this crate compiles.
 fn decode_with_ids<M: Message + Default>(
     mut bytes: Bytes,
     ids: fn(&mut M) -> &mut Vec<u32>,

@@ -202,7 +202,7 @@ async fn l2_hit_anatomy(
     }
     let bytes: usize = values.iter().map(Vec::len).sum();
     Ok(format!(
-        "L2 hit anatomy, {shape}: XXH3-128 of the text ({} KB) p50 {}, SHA-256 of it p50 {} (overlapped with the MGET), MGET of {} values ({} KB) p50 {}, check and decode p50 {}",
+        "L2 hit anatomy, {shape}: XXH3-128 of the text ({} KB) p50 {}, SHA-256 of it p50 {} (the service computes it while the MGET is out), MGET of {} values ({} KB) p50 {}, check and decode p50 {}",
         docs.iter().map(String::len).sum::<usize>() / 1000,
         micros(lookup.percentile(0.5)),
         micros(hash.percentile(0.5)),

@@ -1,7 +1,7 @@
 //! The compact binary form of a cached segment in Redis.
 //!
 //! ```text
-//! "TC" | version (1 byte) | CRC-32C (4 bytes, little endian) | body
+//! "TC" | version (1 byte) | CRC-32C (4 bytes, little endian) | content key (32 bytes) | body
 //! body = varint(token count n) | varint(document count) | varint(doc start)*
 //!      | low 16 bits of each id (n x u16, little endian)
 //!      | high flags (ceil(n / 8) bytes: bit i % 8 of byte i / 8 is set when id i >= 65536)
@@ -18,14 +18,24 @@
 //! The encoding is canonical: a flag on an ID below 65536, stray flag bits after the last ID and
 //! non-minimal varints are all rejected.
 //!
-//! The checksum covers the cache key as well as the body, so a value that is truncated, flipped,
-//! written by another format or stored under the wrong key is detected; the caller treats it as a
-//! miss and overwrites it. The version is also part of the Redis key (`RedisStore`), so during a
-//! rollout old and new replicas keep their values apart instead of overwriting each other's.
+//! The value carries the segment's content key (the SHA-256 of `crate::keys`) in full, and
+//! decoding compares it with the content key the caller expects: a value of other content under
+//! the same lookup key (the Redis key is an XXH3-128, see `crate::keys`) is `OtherContent`, never
+//! returned. Version 2 had the key in its checksum only, enough while the Redis key was the
+//! SHA-256 itself, but 32 bits is no defence once the Redis key is not. The checksum covers the
+//! stored key and the body, so a value that is truncated, flipped or written by another format is
+//! detected; the caller treats it as a miss and overwrites it. The version is also part of the
+//! Redis key (`RedisStore`), so during a rollout old and new replicas keep their values apart
+//! instead of overwriting each other's.
+
+use crate::keys::Digest32;
 
 const MAGIC: [u8; 2] = *b"TC";
-pub const FORMAT_VERSION: u8 = 2;
-const HEADER_LEN: usize = 7;
+pub const FORMAT_VERSION: u8 = 3;
+/// Magic, version, checksum, content key.
+pub const HEADER_LEN: usize = 2 + 1 + 4 + 32;
+/// Where the checksummed part (content key and body) starts.
+const KEY_AT: usize = 7;
 /// A u32 takes at most 5 LEB128 bytes.
 const MAX_VARINT_U32_BYTES: usize = 5;
 
@@ -47,11 +57,14 @@ pub enum DecodeError {
     Version(u8),
     #[error("checksum mismatch")]
     Checksum,
+    /// Intact, but the tokens of other content (another content key).
+    #[error("the value of other content")]
+    OtherContent,
     #[error("malformed body")]
     Malformed,
 }
 
-pub fn encode(key: &[u8], tokens: &SegmentTokens) -> Vec<u8> {
+pub fn encode(key: &Digest32, tokens: &SegmentTokens) -> Vec<u8> {
     let count = tokens.ids.len();
     let high_ids = tokens.ids.iter().filter(|id| **id > 0xffff).count();
     let mut out =
@@ -59,6 +72,7 @@ pub fn encode(key: &[u8], tokens: &SegmentTokens) -> Vec<u8> {
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT_VERSION);
     out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(key);
     put_varint(&mut out, count as u32);
     put_varint(&mut out, tokens.doc_starts.len() as u32);
     for start in &tokens.doc_starts {
@@ -76,12 +90,13 @@ pub fn encode(key: &[u8], tokens: &SegmentTokens) -> Vec<u8> {
     for id in tokens.ids.iter().filter(|id| **id > 0xffff) {
         put_varint(&mut out, id >> 16);
     }
-    let checksum = checksum(key, &out[HEADER_LEN..]);
-    out[3..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
+    let checksum = crc32c::crc32c(&out[KEY_AT..]);
+    out[3..KEY_AT].copy_from_slice(&checksum.to_le_bytes());
     out
 }
 
-pub fn decode(key: &[u8], value: &[u8]) -> Result<SegmentTokens, DecodeError> {
+/// The tokens of `value` if it is intact and holds the segment whose content key is `key`.
+pub fn decode(key: &Digest32, value: &[u8]) -> Result<SegmentTokens, DecodeError> {
     if value.len() < HEADER_LEN {
         return Err(DecodeError::TooShort);
     }
@@ -92,10 +107,13 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<SegmentTokens, DecodeError> {
         return Err(DecodeError::Version(value[2]));
     }
     let stored = u32::from_le_bytes([value[3], value[4], value[5], value[6]]);
-    let body = &value[HEADER_LEN..];
-    if checksum(key, body) != stored {
+    if crc32c::crc32c(&value[KEY_AT..]) != stored {
         return Err(DecodeError::Checksum);
     }
+    if value[KEY_AT..HEADER_LEN] != key[..] {
+        return Err(DecodeError::OtherContent);
+    }
+    let body = &value[HEADER_LEN..];
     let mut reader = Reader {
         bytes: body,
         pos: 0,
@@ -115,10 +133,6 @@ pub fn decode(key: &[u8], value: &[u8]) -> Result<SegmentTokens, DecodeError> {
         return Err(DecodeError::Malformed);
     }
     Ok(SegmentTokens { ids, doc_starts })
-}
-
-fn checksum(key: &[u8], body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(key), body)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u32) {
@@ -211,7 +225,7 @@ mod tests {
         #[test]
         fn round_trips(ids in proptest::collection::vec(any::<u32>(), 0..300),
                        doc_starts in proptest::collection::vec(0u32..1000, 0..5),
-                       key in proptest::collection::vec(any::<u8>(), 32)) {
+                       key in any::<[u8; 32]>()) {
             let tokens = SegmentTokens { ids, doc_starts };
             let encoded = encode(&key, &tokens);
             prop_assert_eq!(decode(&key, &encoded), Ok(tokens));
@@ -247,10 +261,12 @@ mod tests {
         let value = |tail: &[u8]| {
             let mut body = vec![1, 1, 0, 0x70, 0x11];
             body.extend_from_slice(tail);
+            let mut checked = key.to_vec();
+            checked.extend_from_slice(&body);
             let mut value = MAGIC.to_vec();
             value.push(FORMAT_VERSION);
-            value.extend_from_slice(&checksum(&key, &body).to_le_bytes());
-            value.extend_from_slice(&body);
+            value.extend_from_slice(&crc32c::crc32c(&checked).to_le_bytes());
+            value.extend_from_slice(&checked);
             value
         };
         assert_eq!(
@@ -276,7 +292,7 @@ mod tests {
     #[test]
     fn the_checksum_is_standard_crc32c() {
         // The catalogue's check value: stored values stay readable whichever table computes it.
-        assert_eq!(checksum(b"1234", b"56789"), 0xE306_9283);
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
     }
 
     #[test]
@@ -288,8 +304,9 @@ mod tests {
         };
         let encoded = encode(&key, &tokens);
         assert!(decode(&key, &encoded[..encoded.len() - 1]).is_err());
-        assert_eq!(decode(&[2u8; 32], &encoded), Err(DecodeError::Checksum));
-        assert_eq!(decode(&key, b"[1,2,3]"), Err(DecodeError::BadMagic));
+        assert_eq!(decode(&[2u8; 32], &encoded), Err(DecodeError::OtherContent));
+        let json = b"[15339, 1917, 15339, 1917, 15339, 1917, 15339, 1917]";
+        assert_eq!(decode(&key, json), Err(DecodeError::BadMagic));
         assert_eq!(decode(&key, b"TC"), Err(DecodeError::TooShort));
         let mut future = encoded.clone();
         future[2] = 9;

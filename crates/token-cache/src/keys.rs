@@ -8,8 +8,8 @@
 //! - its lookup key, an XXH3-128: where the value is looked up, in L1 and in Redis. It costs
 //!   about 1 µs per 20 KB where SHA-256 costs 10, so the Redis read for what L1 lacks starts
 //!   before the documents' SHA-256 is computed, and the two overlap. Two contents with one lookup
-//!   key (which nothing but a crafted collision produces) only make each other miss: the
-//!   content key decides.
+//!   key (which nothing but a crafted collision produces) never get each other's tokens: the
+//!   content key decides, the first content keeps the lookup key and the later one goes uncached.
 
 use sha2::{Digest, Sha256};
 
@@ -26,26 +26,35 @@ pub fn lookup_hash(text: &str) -> LookupKey {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes()).to_le_bytes()
 }
 
-/// One part of an assembled context: a document (by its content or lookup hash) or the separator.
+/// One part of an assembled context: a document (by its content hash, [`Digest32`], or its lookup
+/// hash, [`LookupKey`]) or the separator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part<'a> {
-    Document(&'a [u8]),
+pub enum Part<'a, H> {
+    Document(&'a H),
     Separator,
 }
 
-/// The content key of a segment made of `parts` (documents by content hash).
-pub fn segment_key(tokenizer_id: &str, separator: &str, parts: &[Part<'_>]) -> Digest32 {
+/// The content key of a segment made of `parts`.
+pub fn segment_key(tokenizer_id: &str, separator: &str, parts: &[Part<'_, Digest32>]) -> Digest32 {
     Sha256::digest(segment_description(tokenizer_id, separator, parts)).into()
 }
 
-/// The lookup key of a segment made of `parts` (documents by lookup hash).
-pub fn segment_lookup_key(tokenizer_id: &str, separator: &str, parts: &[Part<'_>]) -> LookupKey {
+/// The lookup key of a segment made of `parts`.
+pub fn segment_lookup_key(
+    tokenizer_id: &str,
+    separator: &str,
+    parts: &[Part<'_, LookupKey>],
+) -> LookupKey {
     xxhash_rust::xxh3::xxh3_128(&segment_description(tokenizer_id, separator, parts)).to_le_bytes()
 }
 
 /// What a segment's keys are computed over: the parts it is made of, in order, with the
 /// separator's text (when the segment contains one) and the tokenizer's identity.
-fn segment_description(tokenizer_id: &str, separator: &str, parts: &[Part<'_>]) -> Vec<u8> {
+fn segment_description<const N: usize>(
+    tokenizer_id: &str,
+    separator: &str,
+    parts: &[Part<'_, [u8; N]>],
+) -> Vec<u8> {
     let mut description = Vec::with_capacity(64 + tokenizer_id.len() + 33 * parts.len());
     description.extend_from_slice(b"tollgate-token-cache-segment-v1\0");
     description.extend_from_slice(&(tokenizer_id.len() as u64).to_le_bytes());
@@ -62,7 +71,7 @@ fn segment_description(tokenizer_id: &str, separator: &str, parts: &[Part<'_>]) 
         match part {
             Part::Document(hash) => {
                 description.push(b'D');
-                description.extend_from_slice(hash);
+                description.extend_from_slice(&hash[..]);
             }
             Part::Separator => description.push(b'S'),
         }

@@ -116,7 +116,7 @@ impl<'a> Assembly<'a> {
         let mut start = 0;
         for end in cuts {
             let range = start..end;
-            let key_parts: Vec<Part<'_>> = range
+            let key_parts: Vec<Part<'_, LookupKey>> = range
                 .clone()
                 .map(|part| {
                     if part.is_multiple_of(2) {
@@ -151,7 +151,7 @@ impl<'a> Assembly<'a> {
         plan: &SegmentPlan,
         hashes: &[Digest32],
     ) -> Digest32 {
-        let parts: Vec<Part<'_>> = plan
+        let parts: Vec<Part<'_, Digest32>> = plan
             .parts
             .clone()
             .map(|part| {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
-use crate::codec::{self, SegmentTokens};
+use crate::codec::{self, DecodeError, SegmentTokens};
 use crate::config::TokenCacheConfig;
 use crate::error::{TokenCacheError, TokenCacheResult};
 use crate::keys::{Digest32, LookupKey, content_hash, lookup_hash};
@@ -522,7 +522,8 @@ impl TokenCacheService {
                 .map(|plan| assembly.content_key(tokenizer.id(), plan, &hashes))
                 .collect::<Vec<Digest32>>()
         };
-        // The Redis read is polled first: it is on the wire before the hashing starts.
+        // The Redis read is polled first: on a pooled connection (the usual case) its command is
+        // written before the hashing starts; a connection still to be opened waits for it.
         let (stored, keys) =
             futures_util::future::join(self.l2_lookup(plans, &candidates), content_keys).await;
         let mut stored = stored.into_iter();
@@ -638,13 +639,8 @@ impl TokenCacheService {
                 return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
             }
             Cached::Mismatched => {
-                // Another content holds this lookup key: load this one apart and let it take
-                // the key (the newer content wins).
-                let segment = self
-                    .load(tokenizer, assembly, plan, key, ttl, stored)
-                    .await?;
-                self.l1.insert(plan.lookup, segment.clone()).await;
-                return Ok((segment.clone(), LayerOutcome::Miss, segment.l2));
+                let segment = self.load_uncached(tokenizer, assembly, plan, key, ttl, "l1");
+                return Ok((segment.await?, LayerOutcome::Miss, LayerOutcome::Skipped));
             }
             Cached::Missing => {}
         }
@@ -658,12 +654,9 @@ impl TokenCacheService {
             .await
             .map_err(|error| (*error).clone())?;
         if segment.key != *key {
-            // A concurrent load of another content under the same lookup key won: this
-            // request's segment is loaded apart, without L2 (which holds that other content).
-            let own = self
-                .load(tokenizer, assembly, plan, key, ttl, L2Value::NotAsked)
-                .await?;
-            return Ok((own, LayerOutcome::Miss, LayerOutcome::Skipped));
+            // A concurrent load of other content under the same lookup key got there first.
+            let segment = self.load_uncached(tokenizer, assembly, plan, key, ttl, "l1");
+            return Ok((segment.await?, LayerOutcome::Miss, LayerOutcome::Skipped));
         }
         // A request that waited for another's load took that load's value: its L2 outcome is the
         // loader's, not its own (what its own read returned was not used).
@@ -684,6 +677,8 @@ impl TokenCacheService {
         ttl: Duration,
         stored: L2Value,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
+        // The lookup key's Redis value is replaced unless it is other content's, intact.
+        let mut overwrite = true;
         let l2 = match stored {
             L2Value::NotAsked => LayerOutcome::Skipped,
             L2Value::Failed => LayerOutcome::Error,
@@ -703,9 +698,14 @@ impl TokenCacheService {
                         l2: LayerOutcome::Hit,
                     }));
                 }
+                Err(DecodeError::OtherContent) => {
+                    overwrite = false;
+                    record_collision("l2");
+                    self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
+                    record_lookup_took("l2", "miss", took);
+                    LayerOutcome::Miss
+                }
                 Ok(_) | Err(_) => {
-                    // Also what a value of another content under the same lookup key looks
-                    // like (its content key differs): overwritten alike.
                     tracing::warn!(key = %hex::encode(plan.lookup), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
                     self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
                     record_lookup_took("l2", "miss", took);
@@ -713,15 +713,10 @@ impl TokenCacheService {
                 }
             },
         };
-        let tokens = self.tokenize_segment(tokenizer, assembly, plan).await?;
-        self.counters
-            .tokens_tokenized
-            .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
-        metrics::counter!("tollgate_token_cache_tokenized_tokens_total", "tokenizer" => tokenizer.name().to_owned())
-            .increment(tokens.ids.len() as u64);
+        let tokens = self.tokenize_counted(tokenizer, assembly, plan).await?;
         if let Some(redis) = &self.redis {
             // After a failed read, a write would only spend another time budget.
-            if l2 != LayerOutcome::Error {
+            if l2 != LayerOutcome::Error && overwrite {
                 let value = codec::encode(key, &tokens);
                 if redis.put_segment(&plan.lookup, &value, ttl).await.is_ok() {
                     self.counters
@@ -750,6 +745,45 @@ impl TokenCacheService {
             ttl,
             l2,
         }))
+    }
+
+    /// A segment whose lookup key holds other content in `layer`: tokenized for this request
+    /// only, cached nowhere. A lookup key belongs to the content that got there first, so two
+    /// contents made to collide (XXH3 is no defence against crafted inputs) cannot evict each
+    /// other: the later one goes uncached, as without a cache.
+    async fn load_uncached(
+        &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
+        plan: &SegmentPlan,
+        key: &Digest32,
+        ttl: Duration,
+        layer: &'static str,
+    ) -> TokenCacheResult<Arc<CachedSegment>> {
+        record_collision(layer);
+        let tokens = self.tokenize_counted(tokenizer, assembly, plan).await?;
+        Ok(Arc::new(CachedSegment {
+            key: *key,
+            tokens,
+            ttl,
+            l2: LayerOutcome::Skipped,
+        }))
+    }
+
+    /// Tokenizes a segment, counting the tokens.
+    async fn tokenize_counted(
+        &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
+        plan: &SegmentPlan,
+    ) -> TokenCacheResult<SegmentTokens> {
+        let tokens = self.tokenize_segment(tokenizer, assembly, plan).await?;
+        self.counters
+            .tokens_tokenized
+            .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
+        metrics::counter!("tollgate_token_cache_tokenized_tokens_total", "tokenizer" => tokenizer.name().to_owned())
+            .increment(tokens.ids.len() as u64);
+        Ok(tokens)
     }
 
     /// Counts a value about to enter L1 (the eviction listener subtracts it again).
@@ -931,6 +965,13 @@ fn hit_rate(hits: u64, misses: u64) -> f64 {
     }
 }
 
+/// Counts a lookup key found holding other content (see `load_uncached`).
+fn record_collision(layer: &'static str) {
+    metrics::counter!("tollgate_token_cache_lookup_collisions_total", "layer" => layer)
+        .increment(1);
+    tracing::debug!(layer, "a token-cache lookup key holds other content");
+}
+
 fn record_lookup_took(layer: &'static str, result: &'static str, took: Duration) {
     metrics::counter!("tollgate_token_cache_requests_total", "layer" => layer, "result" => result)
         .increment(1);
@@ -959,10 +1000,11 @@ mod tests {
     }
 
     /// What two contents with one lookup key would do to each other in L1: the segment under a
-    /// document's lookup key is another document's. It is a miss, never returned, and the
-    /// document's own segment takes the key.
+    /// document's lookup key is another document's. The document is a miss, tokenized for the
+    /// request, never given the other's tokens, and the other keeps the key (the first content
+    /// there keeps it, so crafted collisions cannot evict anything).
     #[tokio::test]
-    async fn a_segment_of_other_content_in_l1_is_a_miss_and_is_replaced() -> TestResult {
+    async fn a_segment_of_other_content_in_l1_is_a_miss_and_keeps_its_key() -> TestResult {
         let service = TokenCacheService::new(TokenCacheConfig::default(), None)?;
         let text = "The document a request asks for.";
         let other = "Another document, whose segment sits under the first one's lookup key.";
@@ -981,17 +1023,31 @@ mod tests {
             .get(&lookup_of(other))
             .await
             .ok_or("the other document's segment is in L1")?;
-        service.l1.insert(lookup_of(text), other_segment).await;
+        let planted = service.admit(CachedSegment {
+            key: other_segment.key,
+            tokens: other_segment.tokens.clone(),
+            ttl: other_segment.ttl,
+            l2: other_segment.l2,
+        });
+        service.l1.insert(lookup_of(text), planted).await;
 
-        let context = service.get_context(request(text)).await?;
+        for _ in 0..2 {
+            let context = service.get_context(request(text)).await?;
+            assert_eq!(
+                context.token_ids, expected,
+                "never the other content's tokens"
+            );
+            assert_eq!(context.spans[0].l1, LayerOutcome::Miss);
+        }
+        let kept = service
+            .l1
+            .get(&lookup_of(text))
+            .await
+            .ok_or("still there")?;
         assert_eq!(
-            context.token_ids, expected,
-            "never the other content's tokens"
+            kept.key, other_segment.key,
+            "the first content keeps the key"
         );
-        assert_eq!(context.spans[0].l1, LayerOutcome::Miss);
-        let context = service.get_context(request(text)).await?;
-        assert_eq!(context.spans[0].l1, LayerOutcome::Hit, "replaced");
-        assert_eq!(context.token_ids, expected);
         Ok(())
     }
 }
