@@ -385,42 +385,16 @@ mod tests {
 
     #[test]
     fn rejects_what_prost_rejects() {
+        // Eleven bytes of varint; then ten whose tenth byte is above 1.
+        let eleven = [&[TOKEN_IDS_KEY, 0x0b][..], &[0xff; 10], &[0x01]].concat();
+        let tenth_too_big = [&[TOKEN_IDS_KEY, 0x0a][..], &[0xff; 9], &[0x02]].concat();
         let cases: [&[u8]; 4] = [
             // Length beyond the message.
             &[TOKEN_IDS_KEY, 0x05, 0x01, 0x02],
             // A varint cut off by the end of the field.
             &[TOKEN_IDS_KEY, 0x01, 0x80],
-            // Eleven bytes.
-            &[
-                TOKEN_IDS_KEY,
-                0x0b,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0x01,
-            ],
-            // Tenth byte above 1.
-            &[
-                TOKEN_IDS_KEY,
-                0x0a,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0x02,
-            ],
+            &eleven,
+            &tenth_too_big,
         ];
         for bytes in cases {
             assert!(GetContextResponse::decode(bytes).is_err(), "{bytes:?}");

@@ -116,16 +116,7 @@ impl<'a> Assembly<'a> {
         let mut start = 0;
         for end in cuts {
             let range = start..end;
-            let key_parts: Vec<Part<'_, LookupKey>> = range
-                .clone()
-                .map(|part| {
-                    if part.is_multiple_of(2) {
-                        Part::Document(&self.lookups[part / 2])
-                    } else {
-                        Part::Separator
-                    }
-                })
-                .collect();
+            let key_parts = key_parts(range.clone(), self.lookups);
             let mut offset = 0;
             let mut documents = Vec::new();
             for part in range.clone() {
@@ -151,19 +142,22 @@ impl<'a> Assembly<'a> {
         plan: &SegmentPlan,
         hashes: &[Digest32],
     ) -> Digest32 {
-        let parts: Vec<Part<'_, Digest32>> = plan
-            .parts
-            .clone()
-            .map(|part| {
-                if part.is_multiple_of(2) {
-                    Part::Document(&hashes[part / 2])
-                } else {
-                    Part::Separator
-                }
-            })
-            .collect();
+        let parts = key_parts(plan.parts.clone(), hashes);
         segment_key(tokenizer_id, self.separator, &parts)
     }
+}
+
+/// The key parts of a run of parts: documents by their hash in `hashes` (content or lookup).
+fn key_parts<H>(parts: Range<usize>, hashes: &[H]) -> Vec<Part<'_, H>> {
+    parts
+        .map(|part| {
+            if part.is_multiple_of(2) {
+                Part::Document(&hashes[part / 2])
+            } else {
+                Part::Separator
+            }
+        })
+        .collect()
 }
 
 /// For each byte offset (ascending), the number of tokens that start before it (given each

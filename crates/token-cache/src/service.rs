@@ -123,6 +123,16 @@ pub struct TokenizerListing {
     pub models: Vec<String>,
 }
 
+/// One segment a request wants: where its text comes from, its content key, its TTL.
+#[derive(Clone, Copy)]
+struct Wanted<'a> {
+    tokenizer: &'a Arc<Tokenizer>,
+    assembly: &'a Assembly<'a>,
+    plan: &'a SegmentPlan,
+    key: &'a Digest32,
+    ttl: Duration,
+}
+
 /// What L1 had for a segment, checked against the segment's content key.
 enum Cached {
     /// Nothing under its lookup key.
@@ -536,7 +546,14 @@ impl TokenCacheService {
                     Cached::Missing => stored.next().unwrap_or(L2Value::NotAsked),
                     Cached::Verified(_) | Cached::Mismatched => L2Value::NotAsked,
                 };
-                self.segment(tokenizer, assembly, plan, key, ttl, cached, stored)
+                let wanted = Wanted {
+                    tokenizer,
+                    assembly,
+                    plan,
+                    key,
+                    ttl,
+                };
+                self.segment(wanted, cached, stored)
             },
         ))
         .await
@@ -623,14 +640,9 @@ impl TokenCacheService {
 
     /// One segment: from L1, or loaded once (single flight) from what L2 returned or by
     /// tokenizing.
-    #[allow(clippy::too_many_arguments)]
     async fn segment(
         &self,
-        tokenizer: &Arc<Tokenizer>,
-        assembly: &Assembly<'_>,
-        plan: &SegmentPlan,
-        key: &Digest32,
-        ttl: Duration,
+        wanted: Wanted<'_>,
         cached: Cached,
         stored: L2Value,
     ) -> TokenCacheResult<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)> {
@@ -639,24 +651,24 @@ impl TokenCacheService {
                 return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
             }
             Cached::Mismatched => {
-                let segment = self.load_uncached(tokenizer, assembly, plan, key, ttl, "l1");
-                return Ok((segment.await?, LayerOutcome::Miss, LayerOutcome::Skipped));
+                let segment = self.load_uncached(wanted, "l1").await?;
+                return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
             }
             Cached::Missing => {}
         }
         let loaded_here = AtomicBool::new(false);
         let segment = self
             .l1
-            .try_get_with(plan.lookup, async {
+            .try_get_with(wanted.plan.lookup, async {
                 loaded_here.store(true, Ordering::Relaxed);
-                self.load(tokenizer, assembly, plan, key, ttl, stored).await
+                self.load(wanted, stored).await
             })
             .await
             .map_err(|error| (*error).clone())?;
-        if segment.key != *key {
+        if segment.key != *wanted.key {
             // A concurrent load of other content under the same lookup key got there first.
-            let segment = self.load_uncached(tokenizer, assembly, plan, key, ttl, "l1");
-            return Ok((segment.await?, LayerOutcome::Miss, LayerOutcome::Skipped));
+            let segment = self.load_uncached(wanted, "l1").await?;
+            return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
         }
         // A request that waited for another's load took that load's value: its L2 outcome is the
         // loader's, not its own (what its own read returned was not used).
@@ -670,23 +682,16 @@ impl TokenCacheService {
 
     async fn load(
         &self,
-        tokenizer: &Arc<Tokenizer>,
-        assembly: &Assembly<'_>,
-        plan: &SegmentPlan,
-        key: &Digest32,
-        ttl: Duration,
+        wanted: Wanted<'_>,
         stored: L2Value,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
+        let Wanted { plan, key, ttl, .. } = wanted;
         // The lookup key's Redis value is replaced unless it is other content's, intact.
         let mut overwrite = true;
         let l2 = match stored {
             L2Value::NotAsked => LayerOutcome::Skipped,
             L2Value::Failed => LayerOutcome::Error,
-            L2Value::Fetched(None, took) => {
-                self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-                record_lookup_took("l2", "miss", took);
-                LayerOutcome::Miss
-            }
+            L2Value::Fetched(None, took) => self.l2_miss(took),
             L2Value::Fetched(Some(bytes), took) => match codec::decode(key, &bytes) {
                 Ok(tokens) if fits(&tokens, plan) => {
                     self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
@@ -701,19 +706,15 @@ impl TokenCacheService {
                 Err(DecodeError::OtherContent) => {
                     overwrite = false;
                     record_collision("l2");
-                    self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-                    record_lookup_took("l2", "miss", took);
-                    LayerOutcome::Miss
+                    self.l2_miss(took)
                 }
                 Ok(_) | Err(_) => {
                     tracing::warn!(key = %hex::encode(plan.lookup), "corrupted token-cache value in Redis; treating it as a miss and overwriting it");
-                    self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-                    record_lookup_took("l2", "miss", took);
-                    LayerOutcome::Miss
+                    self.l2_miss(took)
                 }
             },
         };
-        let tokens = self.tokenize_counted(tokenizer, assembly, plan).await?;
+        let tokens = self.tokenize_segment(wanted).await?;
         if let Some(redis) = &self.redis {
             // After a failed read, a write would only spend another time budget.
             if l2 != LayerOutcome::Error && overwrite {
@@ -753,37 +754,24 @@ impl TokenCacheService {
     /// other: the later one goes uncached, as without a cache.
     async fn load_uncached(
         &self,
-        tokenizer: &Arc<Tokenizer>,
-        assembly: &Assembly<'_>,
-        plan: &SegmentPlan,
-        key: &Digest32,
-        ttl: Duration,
+        wanted: Wanted<'_>,
         layer: &'static str,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
         record_collision(layer);
-        let tokens = self.tokenize_counted(tokenizer, assembly, plan).await?;
+        let tokens = self.tokenize_segment(wanted).await?;
         Ok(Arc::new(CachedSegment {
-            key: *key,
+            key: *wanted.key,
             tokens,
-            ttl,
+            ttl: wanted.ttl,
             l2: LayerOutcome::Skipped,
         }))
     }
 
-    /// Tokenizes a segment, counting the tokens.
-    async fn tokenize_counted(
-        &self,
-        tokenizer: &Arc<Tokenizer>,
-        assembly: &Assembly<'_>,
-        plan: &SegmentPlan,
-    ) -> TokenCacheResult<SegmentTokens> {
-        let tokens = self.tokenize_segment(tokenizer, assembly, plan).await?;
-        self.counters
-            .tokens_tokenized
-            .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
-        metrics::counter!("tollgate_token_cache_tokenized_tokens_total", "tokenizer" => tokenizer.name().to_owned())
-            .increment(tokens.ids.len() as u64);
-        Ok(tokens)
+    /// Counts an L2 miss (none stored, or a value that cannot be used) and its lookup time.
+    fn l2_miss(&self, took: Duration) -> LayerOutcome {
+        self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
+        record_lookup_took("l2", "miss", took);
+        LayerOutcome::Miss
     }
 
     /// Counts a value about to enter L1 (the eviction listener subtracts it again).
@@ -803,12 +791,14 @@ impl TokenCacheService {
         Arc::new(segment)
     }
 
-    async fn tokenize_segment(
-        &self,
-        tokenizer: &Arc<Tokenizer>,
-        assembly: &Assembly<'_>,
-        plan: &SegmentPlan,
-    ) -> TokenCacheResult<SegmentTokens> {
+    /// Tokenizes a segment (on the blocking pool when it is long), counting the tokens.
+    async fn tokenize_segment(&self, wanted: Wanted<'_>) -> TokenCacheResult<SegmentTokens> {
+        let Wanted {
+            tokenizer,
+            assembly,
+            plan,
+            ..
+        } = wanted;
         let text = assembly.text(plan.parts.clone());
         let run_inline = text.len() < self.config.blocking_threshold_bytes;
         let offsets: Vec<usize> = plan.documents.iter().map(|(_, offset)| *offset).collect();
@@ -822,15 +812,21 @@ impl TokenCacheService {
                 Ok(SegmentTokens { ids, doc_starts })
             }
         };
-        if run_inline {
-            work()
+        let tokens = if run_inline {
+            work()?
         } else {
             match tokio::task::spawn_blocking(work).await {
-                Ok(tokens) => tokens,
+                Ok(tokens) => tokens?,
                 // Only a panic in the tokenizer gets here; surface it rather than guess.
                 Err(error) => std::panic::resume_unwind(error.into_panic()),
             }
-        }
+        };
+        self.counters
+            .tokens_tokenized
+            .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
+        metrics::counter!("tollgate_token_cache_tokenized_tokens_total", "tokenizer" => tokenizer.name().to_owned())
+            .increment(tokens.ids.len() as u64);
+        Ok(tokens)
     }
 
     pub async fn put_documents(&self, request: PutRequest) -> TokenCacheResult<u32> {
