@@ -17,7 +17,8 @@ pub struct TokenCacheConfig {
     pub default_ttl_secs: u64,
     /// Per-collection TTL overrides: `[token_cache.collection_ttl_secs]` `docs = 3600`.
     pub collection_ttl_secs: BTreeMap<String, u64>,
-    /// Upper bound of the in-process L1, in bytes of token IDs (4 per token plus overhead).
+    /// Upper bound of the in-process L1, in bytes: token IDs (4 per token), the text they were
+    /// tokenized from (an L1 hit is checked against it) and a small overhead per segment.
     pub l1_max_bytes: u64,
     /// Time budget of one Redis call; past it the call counts as an error and the request goes
     /// on without Redis.

@@ -1,15 +1,17 @@
 //! Cache keys. Every cached segment has two keys, both over the tokenizer's identity and the exact
 //! content of the segment (its documents' text, the separator), never over ids or names alone:
 //!
-//! - its content key, a SHA-256: the identity of the value. Every value carries it (in L1 and in
-//!   the Redis value, see `codec`) and is used only when it equals the content key of what the
-//!   request asks for. An edited document gets a new content key, so stale tokens cannot be
-//!   returned, and IDs of one tokenizer are never served for another.
+//! - its content key, a SHA-256: the identity of a Redis value. Every value carries it (see
+//!   `codec`) and is used only when it equals the content key of what the request asks for. An
+//!   edited document gets a new content key, so stale tokens cannot be returned, and IDs of one
+//!   tokenizer are never served for another. (An L1 value is checked against the text itself, see
+//!   `segments::SegmentSource`: exact, and faster than hashing the request.)
 //! - its lookup key, an XXH3-128: where the value is looked up, in L1 and in Redis. It costs
 //!   about 1 µs per 20 KB where SHA-256 costs 10, so the Redis read for what L1 lacks starts
 //!   before the documents' SHA-256 is computed, and the two overlap. Two contents with one lookup
 //!   key (which nothing but a crafted collision produces) never get each other's tokens: the
-//!   content key decides, the first content keeps the lookup key and the later one goes uncached.
+//!   text or the content key decides, the first content keeps the lookup key and the later one
+//!   goes uncached.
 
 use sha2::{Digest, Sha256};
 

@@ -2,9 +2,10 @@
 //! process, L2 in Redis, tokenizing afresh on a miss), register and invalidate documents, report
 //! statistics.
 //!
-//! A request looks its segments up in L1 by lookup key (XXH3-128, see `keys`), starts one Redis
-//! read for those L1 lacks, and computes the documents' SHA-256 while Redis answers: a value, from
-//! either layer, is used only when its content key equals the one computed for the request.
+//! A request looks its segments up in L1 by lookup key (XXH3-128, see `keys`) and takes a value
+//! found there only if it was tokenized from the request's very text. For the segments left, it
+//! starts one Redis read and computes their content keys (from the documents' SHA-256) while
+//! Redis answers: a Redis value is used only when its content key equals the request's.
 //!
 //! A miss for a segment is loaded once however many requests want it at the same time: the L1's
 //! `try_get_with` runs one loader per key and the others wait for its value (single flight). The
@@ -22,7 +23,7 @@ use crate::codec::{self, DecodeError, SegmentTokens};
 use crate::config::TokenCacheConfig;
 use crate::error::{TokenCacheError, TokenCacheResult};
 use crate::keys::{Digest32, LookupKey, content_hash, lookup_hash};
-use crate::segments::{Assembly, SegmentPlan, token_starts};
+use crate::segments::{Assembly, SegmentPlan, SegmentSource, token_starts};
 use crate::store::memory::MemoryDocumentStore;
 use crate::store::redis::RedisStore;
 use crate::store::{DocumentStore, StoreError, StoredDocument};
@@ -123,7 +124,8 @@ pub struct TokenizerListing {
     pub models: Vec<String>,
 }
 
-/// One segment a request wants: where its text comes from, its content key, its TTL.
+/// One segment a request wants and L1 did not have: where its text comes from, its content
+/// key, its TTL.
 #[derive(Clone, Copy)]
 struct Wanted<'a> {
     tokenizer: &'a Arc<Tokenizer>,
@@ -133,15 +135,17 @@ struct Wanted<'a> {
     ttl: Duration,
 }
 
-/// What L1 had for a segment, checked against the segment's content key.
-enum Cached {
+/// Why L1 could not give a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L1Miss {
     /// Nothing under its lookup key.
     Missing,
-    /// The segment itself.
-    Verified(Arc<CachedSegment>),
     /// A segment of other content under the same lookup key.
-    Mismatched,
+    OtherContent,
 }
+
+/// A segment of a request and its L1 and L2 outcomes.
+type Loaded = (Arc<CachedSegment>, LayerOutcome, LayerOutcome);
 
 /// What L2 answered for a segment that L1 lacked.
 #[derive(Debug, Clone)]
@@ -154,11 +158,11 @@ enum L2Value {
     Fetched(Option<Vec<u8>>, Duration),
 }
 
-/// A segment's tokens as cached in L1, with its content key and where its value came from when
-/// it was loaded.
+/// A segment's tokens as cached in L1, with what they were tokenized from (a hit is checked
+/// against it) and where the value came from when it was loaded.
 #[derive(Debug)]
 struct CachedSegment {
-    key: Digest32,
+    source: SegmentSource,
     tokens: SegmentTokens,
     ttl: Duration,
     l2: LayerOutcome,
@@ -166,9 +170,16 @@ struct CachedSegment {
 
 impl CachedSegment {
     fn weight(&self) -> u32 {
-        // Fixed overhead (the content key, the lengths, moka's entry) plus the token arrays.
-        let bytes = 96 + 4 * (self.tokens.ids.len() + self.tokens.doc_starts.len());
+        // Fixed overhead (the lengths, moka's entry), the token arrays and the source text.
+        let bytes = 96
+            + 4 * (self.tokens.ids.len() + self.tokens.doc_starts.len())
+            + self.source.heap_bytes();
         u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    fn is_for(&self, wanted: &Wanted<'_>) -> bool {
+        self.source
+            .matches(wanted.tokenizer.id(), wanted.assembly, wanted.plan)
     }
 }
 
@@ -508,10 +519,10 @@ impl TokenCacheService {
         Ok(resolved)
     }
 
-    /// The segments of `plans`, in order, each with its L1 and L2 outcome: L1 first, then one
-    /// L2 round trip for all that L1 lacks, during which the documents' content hashes (those
-    /// not in `hashes` already) and the segments' content keys are computed; then each segment
-    /// that neither layer had is loaded once.
+    /// The segments of `plans`, in order, each with its L1 and L2 outcome. L1 first, each value
+    /// found checked against the request's text. For the rest, one L2 round trip, during which
+    /// their content keys are computed (from the documents' SHA-256, those not in `hashes`
+    /// already); then each segment that neither layer had is loaded once.
     async fn segments(
         &self,
         tokenizer: &Arc<Tokenizer>,
@@ -519,114 +530,119 @@ impl TokenCacheService {
         plans: &[SegmentPlan],
         hashes: &[Option<Digest32>],
         ttl: Duration,
-    ) -> TokenCacheResult<Vec<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)>> {
-        let candidates = self.l1_candidates(plans).await;
-        let content_keys = async {
-            let hashes: Vec<Digest32> = hashes
+    ) -> TokenCacheResult<Vec<Loaded>> {
+        let mut loaded: Vec<Option<Loaded>> = Vec::with_capacity(plans.len());
+        let mut pending = Vec::new();
+        for (index, (plan, found)) in plans
+            .iter()
+            .zip(self.l1_lookup(tokenizer, assembly, plans).await)
+            .enumerate()
+        {
+            match found {
+                Ok(segment) => {
+                    loaded.push(Some((segment, LayerOutcome::Hit, LayerOutcome::Skipped)))
+                }
+                Err(miss) => {
+                    loaded.push(None);
+                    pending.push((index, plan, miss));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let content_keys = async {
+                let mut known = hashes.to_vec();
+                pending
+                    .iter()
+                    .map(|(_, plan, _)| {
+                        assembly.content_key(tokenizer.id(), plan, |document| {
+                            *known[document]
+                                .get_or_insert_with(|| content_hash(assembly.texts[document]))
+                        })
+                    })
+                    .collect::<Vec<Digest32>>()
+            };
+            let missing: Vec<LookupKey> = pending
                 .iter()
-                .zip(assembly.texts)
-                .map(|(hash, text)| hash.unwrap_or_else(|| content_hash(text)))
+                .filter(|(_, _, miss)| *miss == L1Miss::Missing)
+                .map(|(_, plan, _)| plan.lookup)
                 .collect();
-            plans
-                .iter()
-                .map(|plan| assembly.content_key(tokenizer.id(), plan, &hashes))
-                .collect::<Vec<Digest32>>()
-        };
-        // The Redis read is polled first: on a pooled connection (the usual case) its command is
-        // written before the hashing starts; a connection still to be opened waits for it.
-        let (stored, keys) =
-            futures_util::future::join(self.l2_lookup(plans, &candidates), content_keys).await;
-        let mut stored = stored.into_iter();
-        let cached = self.l1_verify(candidates, &keys);
-        futures_util::future::join_all(plans.iter().zip(&keys).zip(cached).map(
-            |((plan, key), cached)| {
-                // `l2_lookup` answers one entry per L1 candidate missing, in plan order. A
-                // candidate that turned out to hold other content was not asked for.
-                let stored = match cached {
-                    Cached::Missing => stored.next().unwrap_or(L2Value::NotAsked),
-                    Cached::Verified(_) | Cached::Mismatched => L2Value::NotAsked,
-                };
-                let wanted = Wanted {
-                    tokenizer,
-                    assembly,
-                    plan,
-                    key,
-                    ttl,
-                };
-                self.segment(wanted, cached, stored)
-            },
-        ))
-        .await
-        .into_iter()
-        .collect()
+            // The Redis read is polled first: on a pooled connection (the usual case) its
+            // command is written before the hashing starts; a connection still to be opened
+            // waits for it.
+            let (stored, keys) =
+                futures_util::future::join(self.l2_lookup(&missing), content_keys).await;
+            let mut stored = stored.into_iter();
+            let segments = futures_util::future::join_all(pending.iter().zip(&keys).map(
+                |((_, plan, miss), key)| {
+                    // `l2_lookup` answers one entry per missing segment, in plan order. One of
+                    // other content in L1 was not asked for.
+                    let stored = match miss {
+                        L1Miss::Missing => stored.next().unwrap_or(L2Value::NotAsked),
+                        L1Miss::OtherContent => L2Value::NotAsked,
+                    };
+                    let wanted = Wanted {
+                        tokenizer,
+                        assembly,
+                        plan,
+                        key,
+                        ttl,
+                    };
+                    self.segment(wanted, *miss, stored)
+                },
+            ))
+            .await;
+            for ((index, _, _), segment) in pending.iter().zip(segments) {
+                loaded[*index] = Some(segment?);
+            }
+        }
+        Ok(loaded.into_iter().flatten().collect())
     }
 
-    /// What L1 holds under each plan's lookup key, with how long each lookup took.
-    async fn l1_candidates(
+    /// What L1 holds for each plan, checked against the request's text (a value under a plan's
+    /// lookup key may be other content's), counted as L1 hits or misses with its lookup time.
+    async fn l1_lookup(
         &self,
+        tokenizer: &Arc<Tokenizer>,
+        assembly: &Assembly<'_>,
         plans: &[SegmentPlan],
-    ) -> Vec<(Option<Arc<CachedSegment>>, Duration)> {
-        let mut candidates = Vec::with_capacity(plans.len());
+    ) -> Vec<Result<Arc<CachedSegment>, L1Miss>> {
+        let mut found = Vec::with_capacity(plans.len());
         for plan in plans {
             let started = Instant::now();
-            let found = self.l1.get(&plan.lookup).await;
-            candidates.push((found, started.elapsed()));
-        }
-        candidates
-    }
-
-    /// The L1 candidates checked against the segments' content keys, counted as L1 hits or
-    /// misses.
-    fn l1_verify(
-        &self,
-        candidates: Vec<(Option<Arc<CachedSegment>>, Duration)>,
-        keys: &[Digest32],
-    ) -> Vec<Cached> {
-        candidates
-            .into_iter()
-            .zip(keys)
-            .map(|((found, took), key)| {
-                let cached = match found {
-                    Some(segment) if segment.key == *key => Cached::Verified(segment),
-                    Some(_) => Cached::Mismatched,
-                    None => Cached::Missing,
-                };
-                if matches!(cached, Cached::Verified(_)) {
-                    self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
-                    record_lookup_took("l1", "hit", took);
-                } else {
-                    self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
-                    record_lookup_took("l1", "miss", took);
+            let segment = match self.l1.get(&plan.lookup).await {
+                Some(segment) if segment.source.matches(tokenizer.id(), assembly, plan) => {
+                    Ok(segment)
                 }
-                cached
-            })
-            .collect()
+                Some(_) => Err(L1Miss::OtherContent),
+                None => Err(L1Miss::Missing),
+            };
+            let took = started.elapsed();
+            if segment.is_ok() {
+                self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+                record_lookup_took("l1", "hit", took);
+            } else {
+                self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
+                record_lookup_took("l1", "miss", took);
+            }
+            found.push(segment);
+        }
+        found
     }
 
-    /// What L2 holds for every plan L1 has no candidate for, in plan order, asked for in one
-    /// round trip: a context's segments cost one Redis call, not one each. A failed call is
-    /// `Failed` for each of them (the request goes on without L2). The read happens before
-    /// single flight: requests that miss the same segments at the same moment each read them
-    /// (one tokenizes, see `segment`), a cheap, idempotent read against a segment tokenized twice.
-    async fn l2_lookup(
-        &self,
-        plans: &[SegmentPlan],
-        candidates: &[(Option<Arc<CachedSegment>>, Duration)],
-    ) -> Vec<L2Value> {
+    /// What L2 holds under each of `keys` (segments L1 lacks), in order, asked for in one round
+    /// trip: a context's segments cost one Redis call, not one each. A failed call is `Failed`
+    /// for each of them (the request goes on without L2). The read happens before single
+    /// flight: requests that miss the same segments at the same moment each read them (one
+    /// tokenizes, see `segment`), a cheap, idempotent read against a segment tokenized twice.
+    async fn l2_lookup(&self, keys: &[LookupKey]) -> Vec<L2Value> {
         let Some(redis) = &self.redis else {
             return Vec::new();
         };
-        let keys: Vec<LookupKey> = plans
-            .iter()
-            .zip(candidates)
-            .filter(|(_, (found, _))| found.is_none())
-            .map(|(plan, _)| plan.lookup)
-            .collect();
         if keys.is_empty() {
             return Vec::new();
         }
         let started = Instant::now();
-        match redis.get_segments(&keys).await {
+        match redis.get_segments(keys).await {
             Ok(values) => {
                 let took = started.elapsed();
                 values
@@ -638,23 +654,17 @@ impl TokenCacheService {
         }
     }
 
-    /// One segment: from L1, or loaded once (single flight) from what L2 returned or by
+    /// One segment L1 did not have: loaded once (single flight) from what L2 returned or by
     /// tokenizing.
     async fn segment(
         &self,
         wanted: Wanted<'_>,
-        cached: Cached,
+        miss: L1Miss,
         stored: L2Value,
-    ) -> TokenCacheResult<(Arc<CachedSegment>, LayerOutcome, LayerOutcome)> {
-        match cached {
-            Cached::Verified(segment) => {
-                return Ok((segment, LayerOutcome::Hit, LayerOutcome::Skipped));
-            }
-            Cached::Mismatched => {
-                let segment = self.load_uncached(wanted, "l1").await?;
-                return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
-            }
-            Cached::Missing => {}
+    ) -> TokenCacheResult<Loaded> {
+        if miss == L1Miss::OtherContent {
+            let segment = self.load_uncached(wanted, "l1").await?;
+            return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
         }
         let loaded_here = AtomicBool::new(false);
         let segment = self
@@ -665,7 +675,7 @@ impl TokenCacheService {
             })
             .await
             .map_err(|error| (*error).clone())?;
-        if segment.key != *wanted.key {
+        if !segment.is_for(&wanted) {
             // A concurrent load of other content under the same lookup key got there first.
             let segment = self.load_uncached(wanted, "l1").await?;
             return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
@@ -685,7 +695,13 @@ impl TokenCacheService {
         wanted: Wanted<'_>,
         stored: L2Value,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
-        let Wanted { plan, key, ttl, .. } = wanted;
+        let Wanted {
+            tokenizer,
+            assembly,
+            plan,
+            key,
+            ttl,
+        } = wanted;
         // The lookup key's Redis value is replaced unless it is other content's, intact.
         let mut overwrite = true;
         let l2 = match stored {
@@ -696,8 +712,9 @@ impl TokenCacheService {
                 Ok(tokens) if fits(&tokens, plan) => {
                     self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
                     record_lookup_took("l2", "hit", took);
+                    let text = assembly.text(plan.parts.clone());
                     return Ok(self.admit(CachedSegment {
-                        key: *key,
+                        source: SegmentSource::new(tokenizer.id(), plan, text),
                         tokens,
                         ttl,
                         l2: LayerOutcome::Hit,
@@ -714,7 +731,7 @@ impl TokenCacheService {
                 }
             },
         };
-        let tokens = self.tokenize_segment(wanted).await?;
+        let (tokens, text) = self.tokenize_segment(wanted).await?;
         if let Some(redis) = &self.redis {
             // After a failed read, a write would only spend another time budget.
             if l2 != LayerOutcome::Error && overwrite {
@@ -741,7 +758,7 @@ impl TokenCacheService {
             }
         }
         Ok(self.admit(CachedSegment {
-            key: *key,
+            source: SegmentSource::new(tokenizer.id(), plan, text),
             tokens,
             ttl,
             l2,
@@ -758,9 +775,9 @@ impl TokenCacheService {
         layer: &'static str,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
         record_collision(layer);
-        let tokens = self.tokenize_segment(wanted).await?;
+        let (tokens, text) = self.tokenize_segment(wanted).await?;
         Ok(Arc::new(CachedSegment {
-            key: *wanted.key,
+            source: SegmentSource::new(wanted.tokenizer.id(), wanted.plan, text),
             tokens,
             ttl: wanted.ttl,
             l2: LayerOutcome::Skipped,
@@ -791,8 +808,12 @@ impl TokenCacheService {
         Arc::new(segment)
     }
 
-    /// Tokenizes a segment (on the blocking pool when it is long), counting the tokens.
-    async fn tokenize_segment(&self, wanted: Wanted<'_>) -> TokenCacheResult<SegmentTokens> {
+    /// Tokenizes a segment (on the blocking pool when it is long), counting the tokens; returns
+    /// them with the segment's text.
+    async fn tokenize_segment(
+        &self,
+        wanted: Wanted<'_>,
+    ) -> TokenCacheResult<(SegmentTokens, String)> {
         let Wanted {
             tokenizer,
             assembly,
@@ -809,10 +830,10 @@ impl TokenCacheService {
                     .encode_with_starts(&text)
                     .map_err(|error| TokenCacheError::invalid("tokenizer", error.to_string()))?;
                 let doc_starts = token_starts(&starts, &offsets);
-                Ok(SegmentTokens { ids, doc_starts })
+                Ok((SegmentTokens { ids, doc_starts }, text))
             }
         };
-        let tokens = if run_inline {
+        let (tokens, text) = if run_inline {
             work()?
         } else {
             match tokio::task::spawn_blocking(work).await {
@@ -826,7 +847,7 @@ impl TokenCacheService {
             .fetch_add(tokens.ids.len() as u64, Ordering::Relaxed);
         metrics::counter!("tollgate_token_cache_tokenized_tokens_total", "tokenizer" => tokenizer.name().to_owned())
             .increment(tokens.ids.len() as u64);
-        Ok(tokens)
+        Ok((tokens, text))
     }
 
     pub async fn put_documents(&self, request: PutRequest) -> TokenCacheResult<u32> {
@@ -1020,7 +1041,7 @@ mod tests {
             .await
             .ok_or("the other document's segment is in L1")?;
         let planted = service.admit(CachedSegment {
-            key: other_segment.key,
+            source: other_segment.source.clone(),
             tokens: other_segment.tokens.clone(),
             ttl: other_segment.ttl,
             l2: other_segment.l2,
@@ -1041,7 +1062,7 @@ mod tests {
             .await
             .ok_or("still there")?;
         assert_eq!(
-            kept.key, other_segment.key,
+            kept.source, other_segment.source,
             "the first content keeps the key"
         );
         Ok(())
