@@ -38,7 +38,7 @@ pub(crate) fn token_ids_mut<M: 'static>(message: &mut M) -> Option<&mut Vec<u32>
 /// Encodes `message` (with its token IDs taken out into `ids`) as prost would encode it with them
 /// in place: the packed IDs as field 1, then the other fields.
 pub(crate) fn encode_with_ids<M: Message>(ids: &[u32], message: &M) -> Vec<u8> {
-    let data_len: usize = ids.iter().map(|&id| varint_len(u64::from(id))).sum();
+    let data_len = packed_len(ids);
     let field_len = if ids.is_empty() {
         0
     } else {
@@ -54,6 +54,26 @@ pub(crate) fn encode_with_ids<M: Message>(ids: &[u32], message: &M) -> Vec<u8> {
     encoded
 }
 
+/// The bytes of `ids` as varints. Counted with compares that the compiler vectorises: prost's
+/// formula through `leading_zeros` of a u64, applied per ID, took 12 µs for 7.3k IDs (as long as
+/// writing them), this takes 1.5 µs.
+fn packed_len(ids: &[u32]) -> usize {
+    // Chunks whose count fits in a u32 (at most 5 bytes per ID), summed as usize.
+    ids.chunks(1 << 28)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&id| {
+                    1 + u32::from(id >= 1 << 7)
+                        + u32::from(id >= 1 << 14)
+                        + u32::from(id >= 1 << 21)
+                        + u32::from(id >= 1 << 28)
+                })
+                .sum::<u32>() as usize
+        })
+        .sum()
+}
+
 /// Appends `ids` as varints, `data_len` bytes in all. An ID below 2^21 (every vocabulary we
 /// serve) is built in a u32, its 7-bit groups spread to bytes and continuation bits set without a
 /// branch, and stored with one 4-byte write; the next ID starts where its last byte ended. A
@@ -63,16 +83,17 @@ fn encode_packed(ids: &[u32], data_len: usize, out: &mut Vec<u8>) {
     let start = out.len();
     // 3 bytes of slack for the last ID's 4-byte store.
     out.resize(start + data_len + 3, 0);
-    let mut at = start;
+    let data = &mut out[start..];
+    let mut at = 0;
     for &id in ids {
         if id >= 1 << 21 {
             let mut value = id;
             while value >= 0x80 {
-                out[at] = (value as u8) | 0x80;
+                data[at] = (value as u8) | 0x80;
                 value >>= 7;
                 at += 1;
             }
-            out[at] = value as u8;
+            data[at] = value as u8;
             at += 1;
             continue;
         }
@@ -80,10 +101,10 @@ fn encode_packed(ids: &[u32], data_len: usize, out: &mut Vec<u8>) {
         let three = u32::from(id >= 1 << 14);
         let spread = (id & 0x7f) | ((id & 0x3f80) << 1) | ((id & 0x1f_c000) << 2);
         let continuation = (two_or_more << 7) | (three << 15);
-        out[at..at + 4].copy_from_slice(&(spread | continuation).to_le_bytes());
+        data[at..at + 4].copy_from_slice(&(spread | continuation).to_le_bytes());
         at += (1 + two_or_more + three) as usize;
     }
-    out.truncate(at);
+    out.truncate(start + at);
 }
 
 /// Whether `M` is one of the messages this module handles.
@@ -147,7 +168,8 @@ fn decode_with_ids<M: Message + Default>(
 
 /// Appends the packed varints of `data` to `out` as u32 (higher bits dropped, as prost does).
 /// IDs of one, two and three bytes (all below 2^21, which covers every vocabulary we serve) each
-/// take one test of a byte; longer ones go through the general loop.
+/// take one test of a byte; longer ones go through the general loop. (A branch-free read of a
+/// 4-byte window was twice as slow: each ID's position then waits on the load before it.)
 fn decode_packed(data: &[u8], out: &mut Vec<u32>) -> Result<(), String> {
     out.reserve(count_varints(data));
     let mut rest = data;
