@@ -50,10 +50,17 @@ fn check_collection(collection: &str) -> Result<(), TokenCacheError> {
     Ok(())
 }
 
-fn check_text(field: &str, text: &str, limits: Limits) -> Result<(), TokenCacheError> {
+// The checks take the field's name as a closure: it is only formatted when the check fails
+// (a request of many documents would otherwise build two strings per document).
+
+fn check_text(
+    field: impl FnOnce() -> String,
+    text: &str,
+    limits: Limits,
+) -> Result<(), TokenCacheError> {
     if text.len() > limits.max_document_bytes {
         return Err(invalid(
-            field,
+            field(),
             format!(
                 "is {} bytes, over the limit of {} bytes (token_cache.max_document_bytes)",
                 text.len(),
@@ -64,12 +71,12 @@ fn check_text(field: &str, text: &str, limits: Limits) -> Result<(), TokenCacheE
     Ok(())
 }
 
-fn check_id(field: &str, id: &str) -> Result<(), TokenCacheError> {
+fn check_id(field: impl FnOnce() -> String, id: &str) -> Result<(), TokenCacheError> {
     if id.is_empty() {
-        return Err(invalid(field, "must not be empty"));
+        return Err(invalid(field(), "must not be empty"));
     }
     if id.len() > 512 {
-        return Err(invalid(field, "must be at most 512 bytes"));
+        return Err(invalid(field(), "must be at most 512 bytes"));
     }
     Ok(())
 }
@@ -110,10 +117,10 @@ impl TryFrom<(pb::GetContextRequest, Limits)> for ContextRequest {
             .into_iter()
             .enumerate()
             .map(|(index, document)| {
-                check_id(&format!("documents[{index}].id"), &document.id)?;
+                check_id(|| format!("documents[{index}].id"), &document.id)?;
                 Ok(match document.text {
                     Some(text) => {
-                        check_text(&format!("documents[{index}].text"), &text, limits)?;
+                        check_text(|| format!("documents[{index}].text"), &text, limits)?;
                         DocumentInput::Inline {
                             id: document.id,
                             text,
@@ -150,14 +157,14 @@ impl TryFrom<(pb::PutDocumentsRequest, Limits)> for PutRequest {
             .into_iter()
             .enumerate()
             .map(|(index, document)| {
-                check_id(&format!("documents[{index}].id"), &document.id)?;
+                check_id(|| format!("documents[{index}].id"), &document.id)?;
                 let text = document.text.ok_or_else(|| {
                     invalid(
                         format!("documents[{index}].text"),
                         "must be set: PutDocuments registers the text",
                     )
                 })?;
-                check_text(&format!("documents[{index}].text"), &text, limits)?;
+                check_text(|| format!("documents[{index}].text"), &text, limits)?;
                 Ok((document.id, text))
             })
             .collect::<Result<Vec<_>, TokenCacheError>>()?;
@@ -205,7 +212,7 @@ fn check_tokenize(tokenizer: &str, text: &str, limits: Limits) -> Result<(), Sta
     if tokenizer.is_empty() {
         return Err(status(invalid("tokenizer", "must not be empty")));
     }
-    check_text("text", text, limits).map_err(status)
+    check_text(|| "text".into(), text, limits).map_err(status)
 }
 
 #[tonic::async_trait]
@@ -290,7 +297,7 @@ impl TokenCache for TokenCacheApi {
         }
         check_collection(&request.collection).map_err(status)?;
         for (index, id) in request.ids.iter().enumerate() {
-            check_id(&format!("ids[{index}]"), id).map_err(status)?;
+            check_id(|| format!("ids[{index}]"), id).map_err(status)?;
         }
         let invalidated = self
             .service

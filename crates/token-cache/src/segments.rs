@@ -212,7 +212,7 @@ impl SegmentSource {
 
     /// Bytes held (for L1's weight).
     pub fn heap_bytes(&self) -> usize {
-        self.tokenizer_id.len() + self.text.len() + 8 * self.document_offsets.len()
+        self.tokenizer_id.len() + self.text.len() + size_of::<usize>() * self.document_offsets.len()
     }
 }
 
@@ -348,8 +348,59 @@ mod tests {
             assert!(!source.matches("t", &other, &other_plan), "{what}");
         }
         // An equal request, built afresh, matches.
-        let (_, same_plan) = source_of(&assembly(&["alpha beta", "gamma"], "\n\n"), "t");
-        assert!(source.matches("t", &original, &same_plan));
+        let afresh = assembly(&["alpha beta", "gamma"], "\n\n");
+        let afresh_plan = afresh.plan("t", None).remove(0);
+        assert!(source.matches("t", &afresh, &afresh_plan));
+    }
+
+    /// For every segment of contexts cut by both rules (segments that start or end with the
+    /// separator among them): the content key covers exactly the segment's parts, and the
+    /// segment's source matches it and nothing with a byte changed in any of its documents.
+    #[test]
+    fn every_cut_segment_has_its_content_key_and_source() {
+        let texts = ["one.", "two", "\nthree", " four", "five\n"];
+        let lookups = [[0u8; 16]; 5];
+        let hashes: Vec<Digest32> = (0..5u8).map(|index| [index + 1; 32]).collect();
+        let mut starting_with_separator = 0;
+        for rule in [CutRule::AfterNewline, CutRule::BeforeWhitespace] {
+            for separator in ["\n\n", " ", ""] {
+                let assembly = Assembly {
+                    texts: &texts,
+                    lookups: &lookups,
+                    separator,
+                };
+                let plans = assembly.plan("t", Some(rule));
+                for plan in &plans {
+                    starting_with_separator += usize::from(plan.parts.start % 2 == 1);
+                    let whole = key_parts(plan.parts.clone(), &hashes);
+                    assert_eq!(
+                        assembly.content_key("t", plan, |document| hashes[document]),
+                        segment_key("t", separator, &whole),
+                        "{rule:?} {separator:?} {plan:?}"
+                    );
+                    let text = assembly.text(plan.parts.clone());
+                    let source = SegmentSource::new("t", plan, text);
+                    assert!(source.matches("t", &assembly, plan));
+                    for (document, _) in &plan.documents {
+                        let mut edited: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+                        edited[*document].push('x');
+                        let edited: Vec<&str> = edited.iter().map(String::as_str).collect();
+                        let edited = Assembly {
+                            texts: &edited,
+                            ..assembly
+                        };
+                        assert!(
+                            !source.matches("t", &edited, plan),
+                            "{rule:?} {separator:?} {plan:?}: document {document} edited"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            starting_with_separator > 0,
+            "the cases include such segments"
+        );
     }
 
     #[test]

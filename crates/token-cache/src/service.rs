@@ -124,6 +124,21 @@ pub struct TokenizerListing {
     pub models: Vec<String>,
 }
 
+/// A document's text: the request's own (not copied), or a registered document's.
+enum DocumentText<'a> {
+    Inline(&'a str),
+    Registered(Arc<str>),
+}
+
+impl DocumentText<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(text) => text,
+            Self::Registered(text) => text,
+        }
+    }
+}
+
 /// One segment a request wants and L1 did not have: where its text comes from, its content
 /// key, its TTL.
 #[derive(Clone, Copy)]
@@ -170,8 +185,8 @@ struct CachedSegment {
 
 impl CachedSegment {
     fn weight(&self) -> u32 {
-        // Fixed overhead (the lengths, moka's entry), the token arrays and the source text.
-        let bytes = 96
+        // Fixed overhead (the struct, moka's entry), the token arrays and the source text.
+        let bytes = 128
             + 4 * (self.tokens.ids.len() + self.tokens.doc_starts.len())
             + self.source.heap_bytes();
         u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -375,7 +390,7 @@ impl TokenCacheService {
         let resolved = self
             .resolve_documents(&request.collection, &request.documents)
             .await?;
-        let texts: Vec<&str> = resolved.iter().map(|(text, _)| text.as_ref()).collect();
+        let texts: Vec<&str> = resolved.iter().map(|(text, _)| text.as_str()).collect();
         let lookups: Vec<LookupKey> = texts.iter().map(|text| lookup_hash(text)).collect();
         let hashes: Vec<Option<Digest32>> = resolved.iter().map(|(_, hash)| *hash).collect();
         let assembly = Assembly {
@@ -462,11 +477,11 @@ impl TokenCacheService {
 
     /// The texts of a request's documents, references resolved, with the content hashes known
     /// already (those of registered documents; inline ones are hashed later, see `segments`).
-    async fn resolve_documents(
+    async fn resolve_documents<'a>(
         &self,
         collection: &str,
-        documents: &[DocumentInput],
-    ) -> TokenCacheResult<Vec<(Arc<str>, Option<Digest32>)>> {
+        documents: &'a [DocumentInput],
+    ) -> TokenCacheResult<Vec<(DocumentText<'a>, Option<Digest32>)>> {
         let references: Vec<(usize, String)> = documents
             .iter()
             .enumerate()
@@ -502,10 +517,13 @@ impl TokenCacheService {
         for (index, document) in documents.iter().enumerate() {
             match document {
                 DocumentInput::Inline { text, .. } => {
-                    resolved.push((Arc::from(text.as_str()), None));
+                    resolved.push((DocumentText::Inline(text), None));
                 }
                 DocumentInput::Reference { id } => match registered.next().flatten() {
-                    Some(stored) => resolved.push((stored.text, Some(stored.content_hash))),
+                    Some(stored) => resolved.push((
+                        DocumentText::Registered(stored.text),
+                        Some(stored.content_hash),
+                    )),
                     None => {
                         return Err(TokenCacheError::DocumentNotFound {
                             field: format!("documents[{index}]"),
@@ -595,7 +613,13 @@ impl TokenCacheService {
                 loaded[*index] = Some(segment?);
             }
         }
-        Ok(loaded.into_iter().flatten().collect())
+        // Every pending plan was filled in above; a gap would be a bug, never a shorter context.
+        loaded
+            .into_iter()
+            .collect::<Option<Vec<Loaded>>>()
+            .ok_or_else(|| {
+                TokenCacheError::Internal("a segment of the context was not loaded".into())
+            })
     }
 
     /// What L1 holds for each plan, checked against the request's text (a value under a plan's
@@ -667,14 +691,20 @@ impl TokenCacheService {
             return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
         }
         let loaded_here = AtomicBool::new(false);
-        let segment = self
-            .l1
-            .try_get_with(wanted.plan.lookup, async {
-                loaded_here.store(true, Ordering::Relaxed);
-                self.load(wanted, stored).await
-            })
-            .await
-            .map_err(|error| (*error).clone())?;
+        let loading = self.l1.try_get_with(wanted.plan.lookup, async {
+            loaded_here.store(true, Ordering::Relaxed);
+            self.load(wanted, stored).await
+        });
+        let segment = match loading.await {
+            Ok(segment) => segment,
+            // Another request's load failed. Its error is its content's: this request's content
+            // may differ (one lookup key, a crafted collision), so it tokenizes its own.
+            Err(_) if !loaded_here.load(Ordering::Relaxed) => {
+                let segment = self.tokenize_uncached(wanted).await?;
+                return Ok((segment, LayerOutcome::Miss, LayerOutcome::Skipped));
+            }
+            Err(error) => return Err((*error).clone()),
+        };
         if !segment.is_for(&wanted) {
             // A concurrent load of other content under the same lookup key got there first.
             let segment = self.load_uncached(wanted, "l1").await?;
@@ -775,6 +805,11 @@ impl TokenCacheService {
         layer: &'static str,
     ) -> TokenCacheResult<Arc<CachedSegment>> {
         record_collision(layer);
+        self.tokenize_uncached(wanted).await
+    }
+
+    /// A segment tokenized for one request and cached nowhere.
+    async fn tokenize_uncached(&self, wanted: Wanted<'_>) -> TokenCacheResult<Arc<CachedSegment>> {
         let (tokens, text) = self.tokenize_segment(wanted).await?;
         Ok(Arc::new(CachedSegment {
             source: SegmentSource::new(wanted.tokenizer.id(), wanted.plan, text),
