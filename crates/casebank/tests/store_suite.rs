@@ -76,6 +76,22 @@ fn ids(found: &[tollgate_casebank::model::ScoredCase]) -> Vec<&str> {
     found.iter().map(|scored| scored.case.id.as_str()).collect()
 }
 
+/// An answer as two searches of the same cases must agree on it when similarities can tie: the
+/// similarities in order, and the ids of the cases more similar than the last one, sorted. Of
+/// cases exactly as similar as the last, either search may have kept any: pgvector orders
+/// equal distances arbitrarily, and its AVX2 and AVX-512 kernels round sums differently, so
+/// one machine's tie is another's strict order (b178 and b195 of the test below tie on AMD Zen 3).
+fn ranked(found: &[tollgate_casebank::model::ScoredCase]) -> (Vec<f64>, Vec<&str>) {
+    let last_opt = found.last().map(|scored| scored.similarity);
+    let mut sure: Vec<&str> = found
+        .iter()
+        .filter(|scored| Some(scored.similarity) != last_opt)
+        .map(|scored| scored.case.id.as_str())
+        .collect();
+    sure.sort_unstable();
+    (found.iter().map(|scored| scored.similarity).collect(), sure)
+}
+
 async fn insert_is_idempotent_by_id(store: &dyn CaseStore) -> TestResult {
     let first = case(
         "t1",
@@ -493,7 +509,7 @@ async fn many_cases_find_the_exact_neighbours(store: &dyn CaseStore) -> TestResu
     ];
     for (answer, own) in shared.iter().zip(&alone) {
         assert_eq!(answer.len(), 4);
-        assert_eq!(ids(answer), ids(own));
+        assert_eq!(ranked(answer), ranked(own));
     }
     assert!(shared[0].iter().all(|s| s.case.reward == Some(1.0)));
     assert!(shared[1].iter().all(|s| s.case.reward == Some(0.2)));
