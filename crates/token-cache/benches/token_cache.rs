@@ -443,6 +443,7 @@ async fn run(server: tokio::runtime::Handle, in_process: tokio::runtime::Handle)
     // Through gRPC: one service on 127.0.0.1:0 with Redis, a real client.
     let mut floor = Samples::default();
     let mut bare_floor = Samples::default();
+    let mut beside_l1 = Vec::new();
     let bare_addr = start_bare_tonic(&server).await?;
     let bare_endpoint =
         tonic::transport::Endpoint::from_shared(format!("http://{bare_addr}"))?.tcp_nodelay(true);
@@ -482,11 +483,29 @@ async fn run(server: tokio::runtime::Handle, in_process: tokio::runtime::Handle)
             row.miss.0.push(started.elapsed());
             variants.push(request);
         }
+        // Each L1 hit is followed by a bare tonic call, so that what tollgate adds to a hit can
+        // be read on any host: the target is absolute, and this host's bare call alone varies
+        // by more than a factor of two between sessions (BENCHMARKS.md).
+        let mut bare_beside_l1 = Samples::default();
         for _ in 0..hit_iterations {
             let started = Instant::now();
             client.get_context(variants[0].clone()).await?;
             row.l1.0.push(started.elapsed());
+            let started = Instant::now();
+            bare_health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await?;
+            bare_beside_l1.0.push(started.elapsed());
         }
+        beside_l1.push(format!(
+            "gRPC L1 hit, {shape}: p50 {} / p99 {}; interleaved with it, bare tonic Health/Check: p50 {} / p99 {}; the hit's p50 and p99 above the bare call's: {} / {}",
+            micros(row.l1.percentile(0.5)),
+            micros(row.l1.percentile(0.99)),
+            micros(bare_beside_l1.percentile(0.5)),
+            micros(bare_beside_l1.percentile(0.99)),
+            micros(row.l1.percentile(0.5).saturating_sub(bare_beside_l1.percentile(0.5))),
+            micros(row.l1.percentile(0.99).saturating_sub(bare_beside_l1.percentile(0.99))),
+        ));
         // The floor under an L1 hit through gRPC: the same call for a one-word context, and
         // tonic's own floor (a health check of a bare tonic server), interleaved call by call so
         // that both see the same moment of a noisy machine.
@@ -566,7 +585,7 @@ async fn run(server: tokio::runtime::Handle, in_process: tokio::runtime::Handle)
         "\n(speed-up: miss p50 / hit p50; samples: misses {}/{} per shape, hits {hit_iterations})",
         shapes[0].3, shapes[1].3
     )?;
-    for line in &anatomy {
+    for line in anatomy.iter().chain(&beside_l1) {
         writeln!(out, "{line}")?;
     }
     writeln!(
