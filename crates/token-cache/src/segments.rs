@@ -116,7 +116,7 @@ impl<'a> Assembly<'a> {
         let mut start = 0;
         for end in cuts {
             let range = start..end;
-            let key_parts = key_parts(range.clone(), self.lookups);
+            let key_parts = key_parts(range.clone(), self.lookups, 0);
             let mut offset = 0;
             let mut documents = Vec::new();
             for part in range.clone() {
@@ -150,17 +150,7 @@ impl<'a> Assembly<'a> {
             .filter(|part| part.is_multiple_of(2))
             .map(|part| hash_of(part / 2))
             .collect();
-        let parts: Vec<Part<'_, Digest32>> = plan
-            .parts
-            .clone()
-            .map(|part| {
-                if part.is_multiple_of(2) {
-                    Part::Document(&hashes[part / 2 - first_document])
-                } else {
-                    Part::Separator
-                }
-            })
-            .collect();
+        let parts = key_parts(plan.parts.clone(), &hashes, first_document);
         segment_key(tokenizer_id, self.separator, &parts)
     }
 }
@@ -216,12 +206,14 @@ impl SegmentSource {
     }
 }
 
-/// The key parts of a run of parts: documents by their lookup hash in `hashes`.
-fn key_parts<H>(parts: Range<usize>, hashes: &[H]) -> Vec<Part<'_, H>> {
+/// The key parts of a run of parts: documents by their hash in `hashes`, which starts with
+/// document `first_document` (lookup hashes of the whole context, or content hashes of a
+/// segment's own documents).
+fn key_parts<H>(parts: Range<usize>, hashes: &[H], first_document: usize) -> Vec<Part<'_, H>> {
     parts
         .map(|part| {
             if part.is_multiple_of(2) {
-                Part::Document(&hashes[part / 2])
+                Part::Document(&hashes[part / 2 - first_document])
             } else {
                 Part::Separator
             }
@@ -372,7 +364,7 @@ mod tests {
                 let plans = assembly.plan("t", Some(rule));
                 for plan in &plans {
                     starting_with_separator += usize::from(plan.parts.start % 2 == 1);
-                    let whole = key_parts(plan.parts.clone(), &hashes);
+                    let whole = key_parts(plan.parts.clone(), &hashes, 0);
                     assert_eq!(
                         assembly.content_key("t", plan, |document| hashes[document]),
                         segment_key("t", separator, &whole),
