@@ -31,6 +31,7 @@ use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
 use super::deadline::parse_grpc_timeout;
+use super::end_of_stream::EndOfStreamLookahead;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -187,6 +188,8 @@ impl Service<Request<Body>> for PeerChannel {
         match self.ready.take() {
             Some(registered) => Box::pin(call_in_process(registered, request)),
             None => {
+                // The last DATA frame of a unary call then carries END_STREAM (one write fewer).
+                let request = request.map(|body| Body::new(EndOfStreamLookahead::new(body)));
                 let response = Service::call(&mut self.remote, request);
                 Box::pin(async move { response.await.map_err(BoxError::from) })
             }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod deadline;
+pub mod end_of_stream;
 pub mod in_process;
 pub mod metrics_layer;
 pub mod request_id;

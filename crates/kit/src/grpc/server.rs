@@ -25,7 +25,7 @@ use tower::limit::ConcurrencyLimitLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
-use super::client::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+use super::client::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
 use super::in_process::{BoxError, InProcessPeers};
 
 use super::metrics_layer::GrpcMetricsLayer;
@@ -180,6 +180,7 @@ impl GrpcServer {
             .timeout(config.request_timeout())
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)
