@@ -82,10 +82,10 @@ fn ids(found: &[tollgate_casebank::model::ScoredCase]) -> Vec<&str> {
 /// equal distances arbitrarily, and its AVX2 and AVX-512 kernels round sums differently, so
 /// one machine's tie is another's strict order (b178 and b195 of the test below tie on AMD Zen 3).
 fn ranked(found: &[tollgate_casebank::model::ScoredCase]) -> (Vec<f64>, Vec<&str>) {
-    let last_opt = found.last().map(|scored| scored.similarity);
+    let last = found.last().map(|scored| scored.similarity);
     let mut sure: Vec<&str> = found
         .iter()
-        .filter(|scored| Some(scored.similarity) != last_opt)
+        .filter(|scored| Some(scored.similarity) != last)
         .map(|scored| scored.case.id.as_str())
         .collect();
     sure.sort_unstable();

@@ -46,10 +46,7 @@ impl HttpBody for EndOfStreamLookahead {
         if let Some(polled) = self.ahead.take() {
             return Poll::Ready(polled);
         }
-        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(polled) => polled,
-            Poll::Pending => return Poll::Pending,
-        };
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if matches!(&polled, Some(Ok(frame)) if frame.is_data()) {
             // Pending registers this task's waker with the inner body, which is what the caller
             // polling again later would do anyway.
@@ -82,6 +79,9 @@ mod tests {
     use std::sync::Arc;
     use std::task::Wake;
 
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
     use super::*;
 
     struct NoopWaker;
@@ -100,6 +100,16 @@ mod tests {
             Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
             _ => None,
         }
+    }
+
+    /// A body fed frame by frame through the returned sender, as a client stream is.
+    fn streamed_body() -> (
+        mpsc::Sender<Result<Frame<Bytes>, Status>>,
+        EndOfStreamLookahead,
+    ) {
+        let (sender, receiver) = mpsc::channel(4);
+        let stream = http_body_util::StreamBody::new(ReceiverStream::new(receiver));
+        (sender, EndOfStreamLookahead::new(Body::new(stream)))
     }
 
     /// A unary request body as tonic makes it: a stream of one message, which does not know it
@@ -121,10 +131,7 @@ mod tests {
     /// end shows only once the stream has ended.
     #[tokio::test]
     async fn a_stream_keeps_every_frame_in_order_and_ends_once() {
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
-        let stream =
-            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
-        let mut body = EndOfStreamLookahead::new(Body::new(stream));
+        let (sender, mut body) = streamed_body();
         for chunk in ["a", "b"] {
             let sent = sender.send(Ok(Frame::data(Bytes::from(chunk)))).await;
             assert!(sent.is_ok());
@@ -145,10 +152,7 @@ mod tests {
     /// An error right after a data frame is kept and returned on the next poll, not dropped.
     #[tokio::test]
     async fn an_error_after_data_is_returned_next() {
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
-        let stream =
-            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
-        let mut body = EndOfStreamLookahead::new(Body::new(stream));
+        let (sender, mut body) = streamed_body();
         let sent = sender.send(Ok(Frame::data(Bytes::from("a")))).await;
         assert!(sent.is_ok());
         let sent = sender.send(Err(Status::aborted("client gave up"))).await;
