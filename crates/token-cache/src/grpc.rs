@@ -343,6 +343,7 @@ impl TokenCache for TokenCacheApi {
         let tokenizers = self
             .service
             .list_tokenizers()
+            .await
             .into_iter()
             .map(|listing| pb::TokenizerInfo {
                 name: listing.name,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+mod lookup_metrics;
 pub mod segments;
 pub mod service;
 pub mod store;

@@ -23,6 +23,7 @@ use crate::codec::{self, DecodeError, SegmentTokens};
 use crate::config::TokenCacheConfig;
 use crate::error::{TokenCacheError, TokenCacheResult};
 use crate::keys::{Digest32, LookupKey, content_hash, lookup_hash};
+use crate::lookup_metrics::LookupMetrics;
 use crate::segments::{Assembly, SegmentPlan, SegmentSource, token_starts};
 use crate::store::memory::MemoryDocumentStore;
 use crate::store::redis::RedisStore;
@@ -279,11 +280,13 @@ impl Documents {
 /// The token cache of one service instance.
 pub struct TokenCacheService {
     config: TokenCacheConfig,
-    registry: TokenizerRegistry,
+    /// Shared with the blocking pool, where a tokenizer still being built is waited for.
+    registry: Arc<TokenizerRegistry>,
     l1: Cache<LookupKey, Arc<CachedSegment>>,
     redis: Option<RedisStore>,
     documents: Documents,
     counters: Arc<Counters>,
+    lookups: LookupMetrics,
 }
 
 impl std::fmt::Debug for TokenCacheService {
@@ -302,6 +305,7 @@ impl TokenCacheService {
         redis_url_opt: Option<&str>,
     ) -> Result<Self, crate::TokenCacheStartError> {
         let registry = TokenizerRegistry::new(&config.models, &config.tokenizers)
+            .map(Arc::new)
             .map_err(crate::TokenCacheStartError::Config)?;
         let counters = Arc::new(Counters::default());
         let listener_counters = counters.clone();
@@ -343,6 +347,7 @@ impl TokenCacheService {
             redis,
             documents,
             counters,
+            lookups: LookupMetrics::register(),
         })
     }
 
@@ -361,20 +366,38 @@ impl TokenCacheService {
         self.redis.as_ref()
     }
 
-    pub fn tokenizer(&self, name: &str, field: &str) -> TokenCacheResult<Arc<Tokenizer>> {
-        self.registry
-            .resolve(name)
-            .map_err(|UnknownTokenizer { name, known }| {
-                TokenCacheError::invalid(
-                    field,
-                    format!("unknown tokenizer or model {name:?} (known tokenizers: {known}; models map to them in token_cache.models)"),
-                )
-            })
+    /// The tokenizer a request names (`field`). One whose tiktoken encoding is still being built
+    /// (by the warm-up, in the first moments of the process) is waited for on the blocking pool:
+    /// on a runtime worker the wait would stall every task of that worker.
+    pub async fn tokenizer(&self, name: &str, field: &str) -> TokenCacheResult<Arc<Tokenizer>> {
+        let resolved = match self.registry.resolve_built(name) {
+            Some(resolved) => resolved,
+            None => {
+                let registry = self.registry.clone();
+                let name = name.to_owned();
+                match tokio::task::spawn_blocking(move || registry.resolve(&name)).await {
+                    Ok(resolved) => resolved,
+                    // Only a panic while building the encoding gets here; surface it.
+                    Err(error) => std::panic::resume_unwind(error.into_panic()),
+                }
+            }
+        };
+        resolved.map_err(|UnknownTokenizer { name, known }| {
+            TokenCacheError::invalid(
+                field,
+                format!("unknown tokenizer or model {name:?} (known tokenizers: {known}; models map to them in token_cache.models)"),
+            )
+        })
     }
 
-    pub fn list_tokenizers(&self) -> Vec<TokenizerListing> {
-        self.registry
-            .list()
+    /// Every tokenizer, built first where needed (on the blocking pool, see [`Self::tokenizer`]).
+    pub async fn list_tokenizers(&self) -> Vec<TokenizerListing> {
+        let registry = self.registry.clone();
+        let listed = match tokio::task::spawn_blocking(move || registry.list()).await {
+            Ok(listed) => listed,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        listed
             .into_iter()
             .map(|(tokenizer, models)| TokenizerListing {
                 name: tokenizer.name().to_owned(),
@@ -386,7 +409,7 @@ impl TokenCacheService {
     }
 
     pub async fn get_context(&self, request: ContextRequest) -> TokenCacheResult<Context> {
-        let tokenizer = self.tokenizer(&request.tokenizer, "tokenizer")?;
+        let tokenizer = self.tokenizer(&request.tokenizer, "tokenizer").await?;
         let resolved = self
             .resolve_documents(&request.collection, &request.documents)
             .await?;
@@ -643,10 +666,10 @@ impl TokenCacheService {
             let took = started.elapsed();
             if segment.is_ok() {
                 self.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
-                record_lookup_took("l1", "hit", took);
+                self.lookups.l1_hit.record(took);
             } else {
                 self.counters.l1_misses.fetch_add(1, Ordering::Relaxed);
-                record_lookup_took("l1", "miss", took);
+                self.lookups.l1_miss.record(took);
             }
             found.push(segment);
         }
@@ -741,7 +764,7 @@ impl TokenCacheService {
             L2Value::Fetched(Some(bytes), took) => match codec::decode(key, &bytes) {
                 Ok(tokens) if fits(&tokens, plan) => {
                     self.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
-                    record_lookup_took("l2", "hit", took);
+                    self.lookups.l2_hit.record(took);
                     let text = assembly.text(plan.parts.clone());
                     return Ok(self.admit(CachedSegment {
                         source: SegmentSource::new(tokenizer.id(), plan, text),
@@ -822,7 +845,7 @@ impl TokenCacheService {
     /// Counts an L2 miss (none stored, or a value that cannot be used) and its lookup time.
     fn l2_miss(&self, took: Duration) -> LayerOutcome {
         self.counters.l2_misses.fetch_add(1, Ordering::Relaxed);
-        record_lookup_took("l2", "miss", took);
+        self.lookups.l2_miss.record(took);
         LayerOutcome::Miss
     }
 
@@ -886,12 +909,13 @@ impl TokenCacheService {
     }
 
     pub async fn put_documents(&self, request: PutRequest) -> TokenCacheResult<u32> {
-        let tokenizers = request
-            .tokenizers
-            .iter()
-            .enumerate()
-            .map(|(index, name)| self.tokenizer(name, &format!("tokenizers[{index}]")))
-            .collect::<TokenCacheResult<Vec<_>>>()?;
+        let mut tokenizers = Vec::with_capacity(request.tokenizers.len());
+        for (index, name) in request.tokenizers.iter().enumerate() {
+            tokenizers.push(
+                self.tokenizer(name, &format!("tokenizers[{index}]"))
+                    .await?,
+            );
+        }
         let ttl = request
             .ttl
             .unwrap_or_else(|| self.config.ttl_for(&request.collection));
@@ -1024,13 +1048,6 @@ fn record_collision(layer: &'static str) {
     tracing::debug!(layer, "a token-cache lookup key holds other content");
 }
 
-fn record_lookup_took(layer: &'static str, result: &'static str, took: Duration) {
-    metrics::counter!("tollgate_token_cache_requests_total", "layer" => layer, "result" => result)
-        .increment(1);
-    metrics::histogram!("tollgate_token_cache_lookup_seconds", "layer" => layer, "result" => result)
-        .record(took.as_secs_f64());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1062,7 +1079,7 @@ mod tests {
         let other = "Another document, whose segment sits under the first one's lookup key.";
         let expected = service.get_context(request(text)).await?.token_ids;
         service.get_context(request(other)).await?;
-        let tokenizer = service.tokenizer("cl100k_base", "tokenizer")?;
+        let tokenizer = service.tokenizer("cl100k_base", "tokenizer").await?;
         let lookup_of = |text: &str| {
             segment_lookup_key(
                 tokenizer.id(),

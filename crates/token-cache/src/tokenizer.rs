@@ -214,17 +214,20 @@ impl Tokenizer {
     }
 }
 
-/// The process-wide tiktoken encodings: building one takes a few hundred milliseconds, so each is
-/// built on first use and then shared by every service instance and request of the process.
-fn tiktoken(name: &str) -> Option<Arc<Tokenizer>> {
-    static CELLS: [OnceLock<Option<Arc<Tokenizer>>>; 4] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
-    let index = TIKTOKEN_ENCODINGS.iter().position(|(n, _)| *n == name)?;
-    CELLS[index]
+/// The process-wide tiktoken encodings, in the order of `TIKTOKEN_ENCODINGS`: building one takes
+/// a few hundred milliseconds, so each is built on first use and then shared by every service
+/// instance and request of the process.
+static TIKTOKEN_CELLS: [OnceLock<Option<Arc<Tokenizer>>>; 4] = [
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+    OnceLock::new(),
+];
+
+/// The tiktoken encoding at `index` of `TIKTOKEN_ENCODINGS`, built on first use (callers wait
+/// while another thread builds it).
+fn tiktoken(index: usize) -> Option<Arc<Tokenizer>> {
+    TIKTOKEN_CELLS[index]
         .get_or_init(|| {
             let (name, max_rank) = TIKTOKEN_ENCODINGS[index];
             let (bpe, cut_rule): (&'static CoreBPE, CutRule) = match name {
@@ -301,6 +304,14 @@ pub struct TokenizerFile {
     pub path: std::path::PathBuf,
 }
 
+/// Where [`TokenizerRegistry::find`] found a tokenizer.
+enum Found<'a> {
+    File(&'a Arc<Tokenizer>),
+    /// The index of a tiktoken encoding in `TIKTOKEN_ENCODINGS`.
+    Tiktoken(usize),
+    Nothing,
+}
+
 /// Resolves the `tokenizer` field of a request: a tokenizer name, or a model id mapped to one by
 /// configuration, or an OpenAI model name tiktoken-rs knows.
 #[derive(Debug, Clone)]
@@ -373,30 +384,67 @@ impl TokenizerRegistry {
     }
 
     /// The tokenizer for a name or a model id. Building a tiktoken encoding the first time is CPU
-    /// work of a few hundred milliseconds; the service does it at start, off the runtime.
+    /// work of a few hundred milliseconds (seconds in a debug build), and a caller waits while
+    /// another thread builds it: async code calls [`Self::resolve_built`] first.
     pub fn resolve(&self, name_or_model: &str) -> Result<Arc<Tokenizer>, UnknownTokenizer> {
+        match self.find(name_or_model) {
+            Found::File(tokenizer) => Ok(tokenizer.clone()),
+            Found::Tiktoken(encoding) => {
+                tiktoken(encoding).ok_or_else(|| self.unknown(name_or_model))
+            }
+            Found::Nothing => Err(self.unknown(name_or_model)),
+        }
+    }
+
+    /// [`Self::resolve`] when it would answer at once; `None` when the tiktoken encoding it needs
+    /// is not built yet (by no one, or by another thread right now).
+    pub fn resolve_built(
+        &self,
+        name_or_model: &str,
+    ) -> Option<Result<Arc<Tokenizer>, UnknownTokenizer>> {
+        match self.find(name_or_model) {
+            Found::Tiktoken(encoding) => {
+                let built = TIKTOKEN_CELLS[encoding].get()?;
+                Some(built.clone().ok_or_else(|| self.unknown(name_or_model)))
+            }
+            Found::File(_) | Found::Nothing => Some(self.resolve(name_or_model)),
+        }
+    }
+
+    /// Where the tokenizer of `name_or_model` comes from: a configured model maps to a name; a
+    /// name is a configured file, a tiktoken encoding, or an OpenAI model tiktoken-rs knows.
+    fn find(&self, name_or_model: &str) -> Found<'_> {
         let name = match self.models.get(name_or_model) {
             Some(mapped) => mapped.as_str(),
             None => name_or_model,
         };
         if let Some(tokenizer) = self.files.get(name) {
-            return Ok(tokenizer.clone());
+            return Found::File(tokenizer);
         }
-        if let Some(tokenizer) = tiktoken(name) {
-            return Ok(tokenizer);
+        let encoding_index = |encoding: &str| {
+            TIKTOKEN_ENCODINGS
+                .iter()
+                .position(|(n, _)| *n == encoding)
+                .map_or(Found::Nothing, Found::Tiktoken)
+        };
+        if let Found::Tiktoken(index) = encoding_index(name) {
+            return Found::Tiktoken(index);
         }
-        let from_model = tiktoken_rs::tokenizer::get_tokenizer(name).and_then(|t| match t {
-            tiktoken_rs::tokenizer::Tokenizer::Cl100kBase => tiktoken("cl100k_base"),
-            tiktoken_rs::tokenizer::Tokenizer::O200kBase => tiktoken("o200k_base"),
-            tiktoken_rs::tokenizer::Tokenizer::P50kBase => tiktoken("p50k_base"),
-            tiktoken_rs::tokenizer::Tokenizer::R50kBase
-            | tiktoken_rs::tokenizer::Tokenizer::Gpt2 => tiktoken("r50k_base"),
-            _ => None,
-        });
-        from_model.ok_or_else(|| UnknownTokenizer {
+        use tiktoken_rs::tokenizer::Tokenizer as Model;
+        match tiktoken_rs::tokenizer::get_tokenizer(name) {
+            Some(Model::Cl100kBase) => encoding_index("cl100k_base"),
+            Some(Model::O200kBase) => encoding_index("o200k_base"),
+            Some(Model::P50kBase) => encoding_index("p50k_base"),
+            Some(Model::R50kBase | Model::Gpt2) => encoding_index("r50k_base"),
+            _ => Found::Nothing,
+        }
+    }
+
+    fn unknown(&self, name_or_model: &str) -> UnknownTokenizer {
+        UnknownTokenizer {
             name: name_or_model.to_owned(),
             known: self.names().join(", "),
-        })
+        }
     }
 
     /// Every tokenizer with the configured models mapped to it.
@@ -425,6 +473,35 @@ impl TokenizerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names, OpenAI model names and configured models find their encoding; an unknown name is
+    /// answered at once, without the blocking pool.
+    #[test]
+    fn names_and_models_resolve_to_their_encoding() {
+        let models = BTreeMap::from([("my-model".to_owned(), "p50k_base".to_owned())]);
+        let registry = TokenizerRegistry::new(&models, &[]).unwrap_or_else(|e| panic!("{e}"));
+        for (name, encoding) in [
+            ("r50k_base", "r50k_base"),
+            ("gpt-4o", "o200k_base"),
+            ("gpt-3.5-turbo", "cl100k_base"),
+            ("my-model", "p50k_base"),
+        ] {
+            let tokenizer = registry
+                .resolve(name)
+                .unwrap_or_else(|_| panic!("{name} resolves"));
+            assert_eq!(tokenizer.name(), encoding, "{name}");
+            let built = registry.resolve_built(name).and_then(Result::ok);
+            assert_eq!(
+                built.map(|t| t.id().to_owned()),
+                Some(tokenizer.id().to_owned())
+            );
+        }
+        let unknown = registry.resolve_built("no-such-model");
+        assert!(
+            matches!(&unknown, Some(Err(UnknownTokenizer { name, .. })) if name == "no-such-model"),
+            "{unknown:?}"
+        );
+    }
 
     #[test]
     fn token_starts_are_byte_offsets_into_the_text() {
