@@ -10,9 +10,9 @@
 //!
 //! Registering at start also exports the four series at zero before the first lookup, so that
 //! rates and hit-ratio alerts have a series from the start. A handle belongs to the recorder
-//! installed when it was registered: `tollgate serve` installs
-//! the Prometheus recorder before it builds any service, and a service built without one (a unit
-//! test, the `tollgate tokenize` command) records nowhere, as the macros would.
+//! installed when it was registered: `tollgate serve` installs the Prometheus recorder before it
+//! builds any service, and a service built without one (a unit test, the benchmark's in-process
+//! rows before it installed one) records nowhere, as the macros would.
 
 use std::time::Duration;
 

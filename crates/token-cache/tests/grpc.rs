@@ -444,7 +444,7 @@ fn series_value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
         let series_labels = series.strip_prefix(name)?.strip_prefix('{')?;
         labels
             .iter()
-            .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")))
+            .all(|(key, wanted)| series_labels.contains(&format!("{key}=\"{wanted}\"")))
             .then(|| value.parse().ok())
             .flatten()
     })
