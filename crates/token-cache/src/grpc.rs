@@ -344,6 +344,7 @@ impl TokenCache for TokenCacheApi {
             .service
             .list_tokenizers()
             .await
+            .map_err(status)?
             .into_iter()
             .map(|listing| pb::TokenizerInfo {
                 name: listing.name,

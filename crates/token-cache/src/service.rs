@@ -375,11 +375,7 @@ impl TokenCacheService {
             None => {
                 let registry = self.registry.clone();
                 let name = name.to_owned();
-                match tokio::task::spawn_blocking(move || registry.resolve(&name)).await {
-                    Ok(resolved) => resolved,
-                    // Only a panic while building the encoding gets here; surface it.
-                    Err(error) => std::panic::resume_unwind(error.into_panic()),
-                }
+                on_blocking_pool(move || registry.resolve(&name)).await?
             }
         };
         resolved.map_err(|UnknownTokenizer { name, known }| {
@@ -391,13 +387,10 @@ impl TokenCacheService {
     }
 
     /// Every tokenizer, built first where needed (on the blocking pool, see [`Self::tokenizer`]).
-    pub async fn list_tokenizers(&self) -> Vec<TokenizerListing> {
+    pub async fn list_tokenizers(&self) -> TokenCacheResult<Vec<TokenizerListing>> {
         let registry = self.registry.clone();
-        let listed = match tokio::task::spawn_blocking(move || registry.list()).await {
-            Ok(listed) => listed,
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
-        };
-        listed
+        let listed = on_blocking_pool(move || registry.list()).await?;
+        Ok(listed
             .into_iter()
             .map(|(tokenizer, models)| TokenizerListing {
                 name: tokenizer.name().to_owned(),
@@ -405,7 +398,7 @@ impl TokenCacheService {
                 kind: tokenizer.kind().to_owned(),
                 models,
             })
-            .collect()
+            .collect())
     }
 
     pub async fn get_context(&self, request: ContextRequest) -> TokenCacheResult<Context> {
@@ -894,11 +887,7 @@ impl TokenCacheService {
         let (tokens, text) = if run_inline {
             work()?
         } else {
-            match tokio::task::spawn_blocking(work).await {
-                Ok(tokens) => tokens?,
-                // Only a panic in the tokenizer gets here; surface it rather than guess.
-                Err(error) => std::panic::resume_unwind(error.into_panic()),
-            }
+            on_blocking_pool(work).await??
         };
         self.counters
             .tokens_tokenized
@@ -1042,6 +1031,20 @@ fn hit_rate(hits: u64, misses: u64) -> f64 {
 }
 
 /// Counts a lookup key found holding other content (see `load_uncached`).
+/// Runs `work` on the blocking pool. A panic in it (a tokenizer's) is resumed here rather than
+/// guessed at; a pool that is shutting down no longer runs work, which is an internal error.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> TokenCacheResult<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Ok(value),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Err(TokenCacheError::Internal(
+            "the blocking pool is shutting down".into(),
+        )),
+    }
+}
+
 fn record_collision(layer: &'static str) {
     metrics::counter!("tollgate_token_cache_lookup_collisions_total", "layer" => layer)
         .increment(1);

@@ -78,7 +78,7 @@ async fn a_configured_tokenizer_json_serves_exact_ids_through_the_model_map() ->
     assert_eq!(again.token_ids, context.token_ids);
     assert!(again.spans.iter().all(|span| span.l1 == LayerOutcome::Hit));
 
-    let listed = service.list_tokenizers().await;
+    let listed = service.list_tokenizers().await?;
     let entry = listed
         .iter()
         .find(|t| t.name == "tiny-wordlevel")
