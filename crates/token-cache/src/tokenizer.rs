@@ -407,7 +407,8 @@ impl TokenizerRegistry {
                 let built = TIKTOKEN_CELLS[encoding].get()?;
                 Some(built.clone().ok_or_else(|| self.unknown(name_or_model)))
             }
-            Found::File(_) | Found::Nothing => Some(self.resolve(name_or_model)),
+            Found::File(tokenizer) => Some(Ok(tokenizer.clone())),
+            Found::Nothing => Some(Err(self.unknown(name_or_model))),
         }
     }
 
@@ -421,23 +422,20 @@ impl TokenizerRegistry {
         if let Some(tokenizer) = self.files.get(name) {
             return Found::File(tokenizer);
         }
-        let encoding_index = |encoding: &str| {
-            TIKTOKEN_ENCODINGS
-                .iter()
-                .position(|(n, _)| *n == encoding)
-                .map_or(Found::Nothing, Found::Tiktoken)
-        };
-        if let Found::Tiktoken(index) = encoding_index(name) {
+        let encoding_index =
+            |encoding: &str| TIKTOKEN_ENCODINGS.iter().position(|(n, _)| *n == encoding);
+        if let Some(index) = encoding_index(name) {
             return Found::Tiktoken(index);
         }
         use tiktoken_rs::tokenizer::Tokenizer as Model;
-        match tiktoken_rs::tokenizer::get_tokenizer(name) {
-            Some(Model::Cl100kBase) => encoding_index("cl100k_base"),
-            Some(Model::O200kBase) => encoding_index("o200k_base"),
-            Some(Model::P50kBase) => encoding_index("p50k_base"),
-            Some(Model::R50kBase | Model::Gpt2) => encoding_index("r50k_base"),
-            _ => Found::Nothing,
-        }
+        let encoding = match tiktoken_rs::tokenizer::get_tokenizer(name) {
+            Some(Model::Cl100kBase) => "cl100k_base",
+            Some(Model::O200kBase) => "o200k_base",
+            Some(Model::P50kBase) => "p50k_base",
+            Some(Model::R50kBase | Model::Gpt2) => "r50k_base",
+            _ => return Found::Nothing,
+        };
+        encoding_index(encoding).map_or(Found::Nothing, Found::Tiktoken)
     }
 
     fn unknown(&self, name_or_model: &str) -> UnknownTokenizer {
